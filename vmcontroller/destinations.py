@@ -100,7 +100,9 @@ def parse(destination: str) -> tuple[str, str | None] | None:
     return (match.group(2), match.group(1))
 
 
-def allowed(login_role: Role | str, vm_id: str | None, destination: str, action: Action | str) -> bool:
+def allowed(
+    login_role: Role | str, vm_id: str | None, destination: str, action: Action | str
+) -> bool:
     """May a login with ``login_role`` (bound to ``vm_id``) do ``action`` on ``destination``?
 
     * HOST: subscribe and send on every destination of the scheme.

@@ -377,9 +377,7 @@ class FrameParser:
                     )
                 return None
             if nul - self._frame_start + 1 > self.max_frame_size:
-                raise FrameTooLarge(
-                    "frame-too-large", f"frame exceeds {self.max_frame_size} bytes"
-                )
+                raise FrameTooLarge("frame-too-large", f"frame exceeds {self.max_frame_size} bytes")
         frame.body = bytes(buf[start:nul])
         return frame
 
