@@ -1,0 +1,52 @@
+"""Hardened XML parsing for files the client (or a damaged slot) gives us.
+
+``init_data.xml`` is written by the client, but it lives in a slot directory
+that anything running as the volunteer's user can write. We parse it with expat
+directly and refuse any document type declaration: no DTD means no entity
+definitions, so no entity expansion ("billion laughs"), no external entities and
+no network access. The standard library's ElementTree parser would accept them.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from xml.parsers import expat
+
+from vmwrapper.boinc.errors import BoincApiError
+
+
+class _Forbidden(Exception):
+    """Raised from expat callbacks to stop at a DTD or entity declaration."""
+
+
+def _refuse(*_args: object) -> None:
+    raise _Forbidden("document type declarations and entities are not allowed")
+
+
+def parse_xml(data: bytes, what: str, error: type[BoincApiError] = BoincApiError) -> ET.Element:
+    """Parse *data* into an element tree, refusing DTDs and entity declarations.
+
+    :param what: the file name used in error messages (``init_data.xml``).
+    :param error: the exception class raised on malformed or forbidden input.
+    :returns: the root element.
+    """
+    builder = ET.TreeBuilder()
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = _refuse
+    parser.EntityDeclHandler = _refuse
+    parser.UnparsedEntityDeclHandler = _refuse
+    parser.ExternalEntityRefHandler = _refuse
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    parser.buffer_text = True
+    try:
+        parser.Parse(data, True)
+        root = builder.close()
+    except _Forbidden as exc:
+        raise error(f"{what}: {exc}") from None
+    except expat.ExpatError as exc:
+        raise error(f"{what}: malformed XML: {exc}") from None
+    except AssertionError:  # TreeBuilder.close() with no element at all
+        raise error(f"{what}: no XML element found") from None
+    return root
