@@ -1,0 +1,431 @@
+"""A Twisted STOMP 1.1/1.2 client, and a reconnecting session built on it.
+
+:class:`StompClientProtocol` speaks one connection: CONNECT/CONNECTED
+(offering 1.2 and 1.1, whichever the broker prefers: RabbitMQ, the embedded
+broker and coilmq all differ), heart-beats both ways, SUBSCRIBE, SEND and
+ACK.  Heart-beats matter more than usual here: after a VM is restored from a
+snapshot, its TCP connection to the broker is dead but nothing tells the
+guest; only the missing heart-beats do, and the protocol then aborts the
+connection so the session reconnects.
+
+:class:`StompSession` keeps a connection up with
+:class:`twisted.application.internet.ClientService` (exponential back-off
+with jitter), replays the subscriptions on every new connection and tells
+listeners when the connection comes and goes.
+
+Imports only the standard library, Twisted and the project's pure codec,
+because the guest agent uses it inside the appliance.
+"""
+
+# -*- test-case-name: tests.unit.vmcontroller.test_stomp_client -*-
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from vmcontroller.stomp.codec import HEARTBEAT, Frame, FrameError, FrameParser, encode_frame
+
+__all__ = [
+    "NotConnectedError",
+    "StompClientProtocol",
+    "StompConfig",
+    "StompError",
+    "StompSession",
+    "backoff_delay",
+]
+
+log = Logger()
+
+#: A frame handler: gets each MESSAGE frame of one subscription.
+MessageHandler = Callable[[Frame], None]
+
+
+class StompError(Exception):
+    """The broker refused us (an ERROR frame), or the connection is unusable."""
+
+
+class NotConnectedError(StompError, ConnectionError):
+    """A frame was to be sent while no broker connection is up."""
+
+
+@dataclass(frozen=True)
+class StompConfig:
+    """How to log in to a broker.
+
+    :param vhost: the ``host`` header: RabbitMQ wants its vhost (``/``), the
+        embedded broker ignores it, coilmq wants its fqdn.
+    :param heartbeat: seconds between heart-beats we offer to send and want
+        to receive; 0 disables them.  A peer silent for ``heartbeat_grace``
+        times the negotiated interval is declared dead.
+    :param max_frame_size: largest frame accepted from the broker.
+    """
+
+    login: str
+    passcode: str
+    vhost: str = "/"
+    heartbeat: float = 10.0
+    heartbeat_grace: float = 2.5
+    max_frame_size: int = 16 * 1024 * 1024
+
+
+def backoff_delay(
+    attempt: int,
+    initial: float = 0.2,
+    factor: float = 2.0,
+    maximum: float = 30.0,
+    jitter: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0 = first retry).
+
+    Exponential (``initial * factor**attempt``, capped at ``maximum``) plus up
+    to 25 % random jitter, so a broker restart is not met by every guest at
+    the same instant.
+    """
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    delay = min(maximum, initial * factor ** min(attempt, 64))
+    return delay * (1.0 + 0.25 * jitter())
+
+
+class StompClientProtocol(Protocol):
+    """One STOMP connection from the client side.
+
+    :attr:`connected` fires with the protocol once CONNECTED arrives (or
+    errbacks with :class:`StompError` on an ERROR frame or an early close).
+    MESSAGE frames go to the handler registered for their subscription;
+    ERROR frames after CONNECTED are logged and end the connection (brokers
+    close after sending one anyway).
+    """
+
+    def __init__(
+        self,
+        config: StompConfig,
+        clock: IReactorTime,
+        on_lost: Callable[[StompClientProtocol, Failure], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.on_lost = on_lost
+        self.version = "1.2"
+        self.connected: defer.Deferred[StompClientProtocol] = defer.Deferred()
+        self.is_connected = False
+        self._parser = FrameParser(
+            "1.2", max_frame_size=config.max_frame_size, on_heartbeat=self._heard
+        )
+        self._handlers: dict[str, tuple[MessageHandler, str]] = {}
+        self._sub_ids = itertools.count(1)
+        self._send_every = 0.0
+        self._expect_every = 0.0
+        self._last_sent = 0.0
+        self._last_heard = 0.0
+        self._send_timer: Any = None
+        self._recv_timer: Any = None
+        self._lost = False
+
+    # --- connection life -----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        hb = int(self.config.heartbeat * 1000)
+        headers = {
+            "accept-version": "1.1,1.2",
+            "host": self.config.vhost,
+            "login": self.config.login,
+            "passcode": self.config.passcode,
+            "heart-beat": f"{hb},{hb}",
+        }
+        self._write(Frame("CONNECT", headers))
+        self._last_heard = self.clock.seconds()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last_heard = self.clock.seconds()
+        try:
+            frames = self._parser.feed(data)
+        except FrameError as problem:
+            log.error("broker sent a bad frame ({problem}): closing", problem=problem)
+            self.transport.abortConnection()
+            return
+        for frame in frames:
+            if self._lost:
+                return
+            self._frame_received(frame)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self._lost = True
+        self.is_connected = False
+        for timer in (self._send_timer, self._recv_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if not self.connected.called:
+            self.connected.errback(
+                Failure(StompError(f"connection closed before CONNECTED: {reason.value}"))
+            )
+        if self.on_lost is not None:
+            self.on_lost(self, reason)
+
+    # --- frames in -----------------------------------------------------------
+
+    def _heard(self) -> None:
+        """A heart-beat EOL arrived (the time is noted in dataReceived)."""
+
+    def _frame_received(self, frame: Frame) -> None:
+        command = frame.command
+        if command == "MESSAGE":
+            entry = self._handlers.get(frame.headers.get("subscription", ""))
+            if entry is None:
+                log.warn("MESSAGE for unknown subscription {headers}", headers=frame.headers)
+                return
+            handler, ack = entry
+            try:
+                handler(frame)
+            except Exception:
+                log.failure(
+                    "message handler failed for {dest}", dest=frame.headers.get("destination")
+                )
+            if ack != "auto":
+                self.ack(frame)
+        elif command == "CONNECTED":
+            self._on_connected(frame)
+        elif command == "ERROR":
+            message = frame.headers.get("message", "") or frame.body.decode("utf-8", "replace")
+            log.error("broker ERROR: {message}", message=message)
+            if not self.connected.called:
+                self.connected.errback(Failure(StompError(f"broker refused: {message}")))
+            self.transport.loseConnection()
+        elif command == "RECEIPT":
+            pass
+        else:
+            log.warn("unexpected {command} frame from the broker", command=command)
+
+    def _on_connected(self, frame: Frame) -> None:
+        version = frame.headers.get("version", "1.0")
+        if version not in ("1.0", "1.1", "1.2"):
+            log.error("broker chose unknown STOMP version {version}", version=version)
+            self.transport.loseConnection()
+            return
+        self.version = version
+        self._parser.version = version
+        self._setup_heartbeats(frame.headers.get("heart-beat", "0,0"))
+        self.is_connected = True
+        self.connected.callback(self)
+
+    def _setup_heartbeats(self, server: str) -> None:
+        try:
+            sx, sy = (int(part) for part in server.split(","))
+        except ValueError:
+            sx = sy = 0
+        ours = int(self.config.heartbeat * 1000)
+        if ours and sy:
+            self._send_every = max(ours, sy) / 1000.0
+            self._send_timer = self.clock.callLater(self._send_every, self._beat)
+        if ours and sx:
+            self._expect_every = max(ours, sx) / 1000.0
+            self._recv_timer = self.clock.callLater(self._expect_every, self._check_alive)
+
+    def _beat(self) -> None:
+        idle = self.clock.seconds() - self._last_sent
+        if idle >= self._send_every * 0.99:
+            self.transport.write(HEARTBEAT)
+            self._last_sent = self.clock.seconds()
+            idle = 0.0
+        self._send_timer = self.clock.callLater(max(self._send_every - idle, 0.01), self._beat)
+
+    def _check_alive(self) -> None:
+        silent = self.clock.seconds() - self._last_heard
+        limit = self._expect_every * self.config.heartbeat_grace
+        if silent >= limit:
+            log.warn("broker silent for {silent:.1f}s: connection presumed dead", silent=silent)
+            self._recv_timer = None
+            self.transport.abortConnection()
+            return
+        self._recv_timer = self.clock.callLater(
+            min(self._expect_every, limit - silent), self._check_alive
+        )
+
+    # --- frames out ----------------------------------------------------------
+
+    def _write(self, frame: Frame) -> None:
+        self.transport.write(encode_frame(frame, self.version))
+        self._last_sent = self.clock.seconds()
+
+    def subscribe(
+        self,
+        destination: str,
+        handler: MessageHandler,
+        ack: str = "auto",
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Subscribe; ``handler`` gets every MESSAGE.  Returns the subscription id.
+
+        With ``ack="client-individual"`` each message is acknowledged after
+        its handler returned, so a message that arrived on a connection that
+        then died is redelivered by the broker instead of lost.
+        """
+        if ack not in ("auto", "client", "client-individual"):
+            raise ValueError(f"ack mode {ack!r}: use auto, client or client-individual")
+        sub_id = f"sub-{next(self._sub_ids)}"
+        self._handlers[sub_id] = (handler, ack)
+        frame_headers = {"destination": destination, "id": sub_id, "ack": ack}
+        frame_headers.update(headers or {})
+        self._write(Frame("SUBSCRIBE", frame_headers))
+        return sub_id
+
+    def unsubscribe(self, sub_id: str) -> None:
+        """End a subscription made by :meth:`subscribe`."""
+        self._handlers.pop(sub_id, None)
+        self._write(Frame("UNSUBSCRIBE", {"id": sub_id}))
+
+    def send(self, destination: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """SEND ``body`` to ``destination`` (content-length is always set)."""
+        frame_headers = {"destination": destination, "content-type": "application/json"}
+        frame_headers.update(headers or {})
+        self._write(Frame("SEND", frame_headers, body))
+
+    def ack(self, frame: Frame) -> None:
+        """Acknowledge a MESSAGE received on a client-ack subscription."""
+        if self.version == "1.2":
+            headers = {"id": frame.headers.get("ack", frame.headers.get("message-id", ""))}
+        else:
+            headers = {
+                "message-id": frame.headers.get("message-id", ""),
+                "subscription": frame.headers.get("subscription", ""),
+            }
+        self._write(Frame("ACK", headers))
+
+    def disconnect(self) -> None:
+        """Say DISCONNECT and close (no receipt: we are leaving anyway)."""
+        if self.is_connected:
+            self._write(Frame("DISCONNECT", {}))
+        self.transport.loseConnection()
+
+
+class _SessionFactory(Factory):
+    def __init__(self, session: StompSession) -> None:
+        self.session = session
+
+    def buildProtocol(self, addr: Any) -> StompClientProtocol:
+        session = self.session
+        return StompClientProtocol(session.config, session.clock, on_lost=session._lost)
+
+
+@dataclass
+class _Subscription:
+    destination: str
+    handler: MessageHandler
+    ack: str
+    headers: dict[str, str]
+
+
+class StompSession:
+    """A broker connection that comes back by itself.
+
+    Subscriptions registered with :meth:`subscribe` are made on every new
+    connection; :meth:`send` raises :class:`NotConnectedError` while the
+    connection is down (callers decide whether to retry, queue or fail).
+    ``on_connect(protocol)`` and ``on_disconnect(reason)`` listeners are
+    called on each transition.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        config: StompConfig,
+        clock: IReactorTime,
+        backoff: Callable[[int], float] = backoff_delay,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.protocol: StompClientProtocol | None = None
+        self._subscriptions: list[_Subscription] = []
+        self._connect_listeners: list[Callable[[StompClientProtocol], None]] = []
+        self._disconnect_listeners: list[Callable[[Failure], None]] = []
+        self._service = ClientService(
+            endpoint,
+            _SessionFactory(self),
+            retryPolicy=backoff,
+            clock=clock,
+            prepareConnection=self._prepare,
+        )
+
+    def add_listener(
+        self,
+        on_connect: Callable[[StompClientProtocol], None] | None = None,
+        on_disconnect: Callable[[Failure], None] | None = None,
+    ) -> None:
+        """Be told whenever the connection comes up or goes down."""
+        if on_connect is not None:
+            self._connect_listeners.append(on_connect)
+        if on_disconnect is not None:
+            self._disconnect_listeners.append(on_disconnect)
+
+    def subscribe(
+        self,
+        destination: str,
+        handler: MessageHandler,
+        ack: str = "auto",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Subscribe now (if connected) and on every later connection."""
+        sub = _Subscription(destination, handler, ack, dict(headers or {}))
+        self._subscriptions.append(sub)
+        if self.protocol is not None:
+            self.protocol.subscribe(sub.destination, sub.handler, sub.ack, sub.headers)
+
+    def send(self, destination: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """Send one frame; :class:`NotConnectedError` when the connection is down."""
+        if self.protocol is None:
+            raise NotConnectedError(f"not connected to the broker; cannot send to {destination}")
+        self.protocol.send(destination, body, headers)
+
+    @property
+    def is_connected(self) -> bool:
+        return self.protocol is not None
+
+    def start(self) -> None:
+        """Begin connecting (and keep reconnecting until :meth:`stop`)."""
+        self._service.startService()
+
+    def when_connected(self, fail_after: int | None = None) -> defer.Deferred[StompClientProtocol]:
+        """A Deferred firing with the protocol once connected (now, if already)."""
+        return self._service.whenConnected(failAfterFailures=fail_after)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Disconnect politely and stop reconnecting."""
+        if self.protocol is not None:
+            self.protocol.disconnect()
+        return self._service.stopService()
+
+    # --- ClientService hooks -------------------------------------------------
+
+    def _prepare(self, protocol: StompClientProtocol) -> defer.Deferred[None]:
+        def ready(proto: StompClientProtocol) -> None:
+            self.protocol = proto
+            for sub in self._subscriptions:
+                proto.subscribe(sub.destination, sub.handler, sub.ack, sub.headers)
+            for listener in list(self._connect_listeners):
+                try:
+                    listener(proto)
+                except Exception:
+                    log.failure("connect listener failed")
+
+        return protocol.connected.addCallback(ready)
+
+    def _lost(self, protocol: StompClientProtocol, reason: Failure) -> None:
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        for listener in list(self._disconnect_listeners):
+            try:
+                listener(reason)
+            except Exception:
+                log.failure("disconnect listener failed")
