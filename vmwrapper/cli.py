@@ -16,7 +16,9 @@ from vmwrapper import __version__
 
 #: subcommand name -> ("module", "function", "one-line help").
 #: The function takes the remaining argv (list of str) and returns an exit status.
-SUBCOMMANDS: dict[str, tuple[str, str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "appliance": ("vmwrapper.appliance.cli", "main", "build the guest appliance (appliance build)"),
+}
 
 #: The module and function that run the BOINC application (the wrapper issue fills it in).
 APP_ENTRY: tuple[str, str] = ("vmwrapper.app", "main")
