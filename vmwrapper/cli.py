@@ -18,6 +18,7 @@ from vmwrapper import __version__
 #: The function takes the remaining argv (list of str) and returns an exit status.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "appliance": ("vmwrapper.appliance.cli", "main", "build the guest appliance (appliance build)"),
+    "check-job": ("vmwrapper.job.check", "main", "validate a job file and print the effective settings"),
 }
 
 #: The module and function that run the BOINC application (the wrapper issue fills it in).
