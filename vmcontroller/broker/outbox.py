@@ -1,0 +1,172 @@
+"""Per-connection sending: a bounded queue drained by one writer thread.
+
+coilmq delivers by calling ``sendall`` on the *producer's* thread while a
+module-global lock is held, so one slow consumer stalls every producer.
+Here a producer only appends a frame to the consumer's outbox; the
+consumer's writer thread encodes whatever has piled up and sends it with
+one ``sendall``, so bursts become large writes.  The queue is bounded in
+bytes: a producer blocks (with a deadline) only when *that* consumer is
+slow, which is TCP-like back-pressure on the one producer involved.  The
+writer also sends heart-beat EOLs when the connection has been quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from vmcontroller.stomp.codec import HEARTBEAT, Frame, encode_frame
+
+__all__ = ["Outbox", "OutboxClosed"]
+
+log = logging.getLogger(__name__)
+
+# Largest number of bytes handed to one sendall() call.
+_MAX_WRITE = 1024 * 1024
+
+
+class OutboxClosed(Exception):
+    """The connection is closing: nothing more can be queued."""
+
+
+class Outbox:
+    """Frames waiting to be written to one client socket.
+
+    :param sock: the connected client socket.
+    :param version: negotiated STOMP version (decides header escaping);
+        settable once CONNECT is processed.
+    :param max_bytes: queued bytes beyond which :meth:`put` blocks.
+    :param put_timeout: seconds a blocked :meth:`put` waits before the
+        consumer is declared stuck and its connection closed.
+    :param clock: monotonic time source, for the heart-beat schedule.
+    :param name: thread name, for debugging.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        version: str = "1.0",
+        max_bytes: int = 8 * 1024 * 1024,
+        put_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "stomp-writer",
+    ) -> None:
+        self.sock = sock
+        self.version = version
+        self.max_bytes = max_bytes
+        self.put_timeout = put_timeout
+        self.clock = clock
+        self.heartbeat_interval: float | None = None
+        self._items: list[Frame | bytes] = []
+        self._queued = 0
+        self._closing = False
+        self._cond = threading.Condition(threading.Lock())
+        self._last_write = clock()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, item: Frame | bytes) -> None:
+        """Queue a frame (or raw bytes) for sending.
+
+        :raises OutboxClosed: if the connection is closing or the consumer
+            stayed stuck for ``put_timeout`` seconds (the connection is then
+            closed).
+        """
+        size = len(item) if isinstance(item, bytes) else len(item.body) + 256
+        with self._cond:
+            if self._closing:
+                raise OutboxClosed()
+            if self._queued > self.max_bytes:
+                deadline = time.monotonic() + self.put_timeout
+                while self._queued > self.max_bytes and not self._closing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._closing = True
+                        self._cond.notify_all()
+                        log.warning(
+                            "consumer stuck for %ss: closing its connection", self.put_timeout
+                        )
+                        raise OutboxClosed()
+                    self._cond.wait(remaining)
+                if self._closing:
+                    raise OutboxClosed()
+            self._items.append(item)
+            self._queued += size
+            if len(self._items) == 1:
+                self._cond.notify_all()
+
+    def set_heartbeat(self, interval: float | None) -> None:
+        """Send an EOL whenever nothing was written for ``interval`` seconds."""
+        with self._cond:
+            self.heartbeat_interval = interval
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Flush what is queued, then shut the socket down for writing."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the writer thread to end."""
+        self._thread.join(timeout)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def _next_batch(self) -> list[Frame | bytes] | None:
+        with self._cond:
+            while not self._items and not self._closing:
+                interval = self.heartbeat_interval
+                if interval is None:
+                    self._cond.wait()
+                    continue
+                due = self._last_write + interval - self.clock()
+                if due <= 0:
+                    self._items.append(HEARTBEAT)
+                    break
+                self._cond.wait(due)
+            if not self._items:
+                return None  # closing and flushed
+            batch, self._items = self._items, []
+            self._queued = 0
+            self._cond.notify_all()  # wake producers blocked on a full outbox
+            return batch
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                self._write(batch)
+        except OSError as error:
+            log.debug("writer stopped: %s", error)
+        finally:
+            with self._cond:
+                self._closing = True
+                self._items.clear()
+                self._cond.notify_all()
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _write(self, batch: list[Frame | bytes]) -> None:
+        version = self.version
+        chunks: list[bytes] = []
+        size = 0
+        for item in batch:
+            data = item if isinstance(item, bytes) else encode_frame(item, version)
+            chunks.append(data)
+            size += len(data)
+            if size >= _MAX_WRITE:
+                self.sock.sendall(b"".join(chunks))
+                chunks, size = [], 0
+        if chunks:
+            self.sock.sendall(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+        self._last_write = self.clock()
