@@ -1,0 +1,1573 @@
+"""A fake ``VBoxManage`` that keeps real state on disk and answers like the real one.
+
+VirtualBox cannot run on the test machines, so the VirtualBox driver is tested
+against this program. It is written from VirtualBox's manual (chapter
+"VBoxManage", one section per command; cited below as ``manual: <command>``)
+and from the exact invocations and output parsing of BOINC's vboxwrapper
+(``samples/vboxwrapper/vbox_vboxmanage.cpp`` and ``vbox_common.cpp``, cited as
+``vboxwrapper: <function>``). Each answer says which one it mirrors.
+
+State (all under ``$VBOX_USER_HOME``, which must be set: the fake never touches
+a real VirtualBox home):
+
+* ``fake-VirtualBox.json``: the global registry (stands for ``VirtualBox.xml``):
+  registered machines (uuid -> settings file) and media (uuid -> location,
+  kind, format, parent, logical size);
+* each machine's settings file ``<basefolder>/<name>/<name>.vbox`` (JSON here,
+  XML in VirtualBox) with its hardware, attachments, shared folders, NAT rules,
+  snapshots and the runtime record (state, VM process pid and start time);
+* ``<name>/Logs/VBox.log`` written like VirtualBox's (``Process ID:``,
+  ``Console: Machine state changed to '...'``), rotated on every start;
+* ``<name>/Snapshots/``: differencing images and saved-state files, one set
+  per snapshot, so leftovers show up as files;
+* ``fake-calls.jsonl``: one line per invocation (argv, exit code), the fake's
+  ``vbox_trace.txt``;
+* ``fake-faults.json`` (or ``$FAKE_VBOX_FAULTS``): failures to inject, see
+  ``_take_fault``.
+
+A running VM is a real process (``fake_vm_process.py``): pause is SIGSTOP,
+power-off kills it, and a VM whose process died unasked reads as ``aborted``.
+
+Environment: ``FAKE_VBOX_VERSION`` selects the version string ``--version``
+prints (default ``7.0.14r161095``; e.g. ``6.1.50r161033``,
+``7.0.14_SUSEr161095``); version-dependent options follow it.
+
+Every invocation holds an exclusive lock on the home for its whole run, as the
+VBoxSVC session lock serialises real calls.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_VERSION = "7.0.14r161095"
+PROGRESS = "0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%"
+
+# COM/XPCOM result codes VBoxManage prints as "(0x...)"; vboxwrapper's vbm_popen_raw
+# parses the first "(0x" in the output as the error (vboxwrapper: vbm_popen_raw).
+VBOX_E_OBJECT_NOT_FOUND = ("VBOX_E_OBJECT_NOT_FOUND", 0x80BB0001)
+VBOX_E_INVALID_VM_STATE = ("VBOX_E_INVALID_VM_STATE", 0x80BB0002)
+VBOX_E_FILE_ERROR = ("VBOX_E_FILE_ERROR", 0x80BB0004)
+VBOX_E_IPRT_ERROR = ("VBOX_E_IPRT_ERROR", 0x80BB0005)
+VBOX_E_INVALID_OBJECT_STATE = ("VBOX_E_INVALID_OBJECT_STATE", 0x80BB0007)
+VBOX_E_OBJECT_IN_USE = ("VBOX_E_OBJECT_IN_USE", 0x80BB000C)
+NS_ERROR_FAILURE = ("NS_ERROR_FAILURE", 0x80004005)
+E_INVALIDARG = ("E_INVALIDARG", 0x80070057)
+CO_E_SERVER_EXEC_FAILURE = ("CO_E_SERVER_EXEC_FAILURE", 0x80080005)
+
+#: Power-up failures a host can produce, as VirtualBox words them in the startvm
+#: error and in VBox.log (vboxwrapper: is_logged_failure_vm_extensions_* and
+#: is_logged_failure_host_out_of_memory look for these VERR_ names).
+START_ERRORS = {
+    "VERR_VMX_MSR_ALL_VMX_DISABLED": "VT-x is disabled in the BIOS for all CPU modes",
+    "VERR_VMX_MSR_LOCKED_OR_DISABLED": "VT-x is disabled in the BIOS",
+    "VERR_SVM_DISABLED": "AMD-V is disabled in the BIOS (or by the host OS)",
+    "VERR_VMX_NO_VMX": "VT-x is not available",
+    "VERR_SVM_NO_SVM": "AMD-V is not available",
+    "VERR_VMX_IN_VMX_ROOT_MODE": "VT-x is being used by another hypervisor",
+    "VERR_SVM_IN_USE": "AMD-V is being used by another hypervisor",
+    "VERR_NO_MEMORY": "Failed to allocate memory for the guest",
+    "VERR_EM_NO_MEMORY": "Unable to allocate and lock memory. The virtual machine will be paused",
+}
+
+ONLINE = ("running", "paused")
+
+
+class VBoxError(Exception):
+    """A VBoxManage failure: the lines it prints on stderr and its exit status.
+
+    The layout ("VBoxManage: error: <text>", then "Details: code NAME (0x...),
+    component ..., interface ...", then "Context: ...") is the one users paste
+    in forum posts and vboxwrapper logs (vboxwrapper: vbm_popen_raw parses it).
+    """
+
+    def __init__(self, message: str, code: tuple[str, int] | None = None,
+                 component: str = "MachineWrap", interface: str = "IMachine",
+                 context: str | None = None, status: int = 1) -> None:
+        super().__init__(message)
+        lines = [f"VBoxManage: error: {line}" for line in message.splitlines()]
+        if code is not None:
+            lines.append(f"VBoxManage: error: Details: code {code[0]} (0x{code[1]:08x}), "
+                         f"component {component}, interface {interface}, callee nsISupports")
+        if context:
+            lines.append(f'VBoxManage: error: Context: "{context}"')
+        self.text = "\n".join(lines) + "\n"
+        self.status = status
+
+
+def syntax_error(message: str) -> VBoxError:
+    """Bad arguments: exit status 2 (RTEXITCODE_SYNTAX), e.g. "Unknown option: --lpt1"
+    (the top failure in BOINC/boinc#1501)."""
+    return VBoxError(message, status=2)
+
+
+def not_found(name: str) -> VBoxError:
+    # manual: showvminfo; vboxwrapper: is_registered looks for VBOX_E_OBJECT_NOT_FOUND.
+    return VBoxError(f"Could not find a registered machine named '{name}'",
+                     VBOX_E_OBJECT_NOT_FOUND, "VirtualBoxWrap", "IVirtualBox",
+                     "FindMachine(Bstr(a->argv[0]).raw(), machine.asOutParam())")
+
+
+def session_locked(name: str) -> VBoxError:
+    # The error every "another VirtualBox program holds the session" case shows
+    # (vboxwrapper: vbm_popen retries VBOX_E_INVALID_OBJECT_STATE with doubling sleep).
+    return VBoxError(f"The machine '{name}' is already locked for a session (or being unlocked)",
+                     VBOX_E_INVALID_OBJECT_STATE, context="LockMachine(a->session, LockType_Write)")
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """``7.0.14_SUSEr161095`` -> (7, 0, 14); anything unparsable counts as newest
+    (BOINC PR #5587: an "Unknown" version must not select pre-4.3 options)."""
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(g) for g in match.groups()) if match else (99, 0, 0)  # type: ignore[return-value]
+
+
+# -- processes --------------------------------------------------------------------
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), or None if the
+    process is gone or a zombie: together with the pid it identifies a process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def process_alive(pid: int | None, start: int | None) -> bool:
+    return bool(pid) and start is not None and process_start_time(pid) == start
+
+
+def kill_process(pid: int, start: int | None) -> None:
+    """SIGKILL the VM process if it is still the one we started, and wait for it."""
+    if not process_alive(pid, start):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while process_alive(pid, start) and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.005)
+
+
+# -- the store ----------------------------------------------------------------------
+
+
+class Store:
+    """The registry and machine settings files under one VBOX_USER_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.registry_path = home / "fake-VirtualBox.json"
+        if self.registry_path.exists():
+            self.registry = json.loads(self.registry_path.read_text())
+        else:
+            self.registry = {"machines": {}, "media": {}}
+        self._machines: dict[str, dict[str, Any]] = {}
+
+    def save(self) -> None:
+        _atomic_write(self.registry_path, self.registry)
+        for machine in self._machines.values():
+            if machine.get("_deleted"):
+                continue
+            path = Path(machine["settings_file"])
+            if path.parent.exists():
+                _atomic_write(path, machine)
+
+    # machines
+    def load_machine(self, settings_file: Path) -> dict[str, Any]:
+        key = str(settings_file)
+        if key not in self._machines:
+            self._machines[key] = json.loads(settings_file.read_text())
+        return self._machines[key]
+
+    def machines(self) -> list[dict[str, Any]]:
+        found = []
+        for settings in list(self.registry["machines"].values()):
+            path = Path(settings)
+            if path.exists():
+                found.append(self.refresh(self.load_machine(path)))
+        return found
+
+    def find_machine(self, name_or_uuid: str) -> dict[str, Any]:
+        for machine in self.machines():
+            if name_or_uuid in (machine["name"], machine["uuid"]):
+                return machine
+        raise not_found(name_or_uuid)
+
+    def add_machine(self, machine: dict[str, Any]) -> None:
+        self._machines[machine["settings_file"]] = machine
+
+    def refresh(self, machine: dict[str, Any]) -> dict[str, Any]:
+        """A VM whose process ended unasked is 'aborted', or 'poweroff' if the guest
+        shut down cleanly (ACPI power button), as VBoxSVC would notice."""
+        if machine["state"] in ONLINE and not process_alive(machine.get("pid"),
+                                                             machine.get("pid_start")):
+            ram = _read_json(Path(machine["folder"]) / "fake-vm-ram.json")
+            clean = bool(ram and ram.get("clean_shutdown"))
+            set_state(machine, "poweroff" if clean else "aborted",
+                      "PoweredOff" if clean else "Aborted")
+            machine["pid"] = machine["pid_start"] = None
+        return machine
+
+    # media
+    def find_medium(self, ref: str, kind: str | None = None) -> dict[str, Any] | None:
+        path = str(Path(ref).resolve()) if ("/" in ref or ref.endswith(
+            (".vdi", ".vmdk", ".iso", ".img", ".qcow2", ".vhd", ".raw"))) else None
+        for medium in self.registry["media"].values():
+            if medium["uuid"] == ref or (path and medium["location"] == path):
+                if kind is None or medium["kind"] == kind:
+                    return medium
+        return None
+
+    def open_medium(self, ref: str, kind: str) -> dict[str, Any]:
+        """Find a registered medium, or open (register) an image file by path
+        (manual: storageattach --medium; VirtualBox opens unknown files implicitly)."""
+        medium = self.find_medium(ref, kind)
+        if medium is not None:
+            if not Path(medium["location"]).exists():
+                raise VBoxError(
+                    f"Could not open the medium '{medium['location']}'.\n"
+                    f"VD: error VERR_FILE_NOT_FOUND opening image file "
+                    f"'{medium['location']}' (VERR_FILE_NOT_FOUND)",
+                    VBOX_E_FILE_ERROR, "MediumWrap", "IMedium")
+            return medium
+        if "/" not in ref and not Path(ref).exists():
+            raise VBoxError(f"Could not find a registered medium with UUID {{{ref}}}",
+                            VBOX_E_OBJECT_NOT_FOUND, "VirtualBoxWrap", "IVirtualBox")
+        path = Path(ref).resolve()
+        if not path.exists():
+            raise VBoxError(
+                f"Could not find file for the medium '{path}' (VERR_FILE_NOT_FOUND)",
+                VBOX_E_FILE_ERROR, "MediumWrap", "IMedium",
+                "OpenMedium(Bstr(pszFilenameOrUuid).raw(), enmDevType, enmAccessMode, "
+                "fForceNewUuidOnOpen, pMedium.asOutParam())")
+        fmt, size = sniff_image(path, kind)
+        medium = {"uuid": str(uuidlib.uuid4()), "location": str(path), "kind": kind,
+                  "format": fmt, "parent": None, "logical_size": size, "type": "normal"}
+        self.registry["media"][medium["uuid"]] = medium
+        return medium
+
+    def media_users(self, medium_uuid: str) -> list[dict[str, Any]]:
+        return [m for m in self.machines()
+                if any(a.get("medium") == medium_uuid for a in m["attachments"].values())]
+
+    def children(self, medium_uuid: str) -> list[dict[str, Any]]:
+        return [m for m in self.registry["media"].values() if m["parent"] == medium_uuid]
+
+
+def _atomic_write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({k: v for k, v in data.items() if not k.startswith("_")},
+                              indent=1))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def sniff_image(path: Path, kind: str) -> tuple[str, int]:
+    """Format and logical size of a disk image, from its header like VirtualBox's
+    VD backends do; an unknown header fails as VirtualBox reports it."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    size = path.stat().st_size
+    if kind == "dvd":
+        return "RAW", size
+    if head.startswith(b"<<< Oracle VM VirtualBox Disk Image >>>") or head[64:68] == bytes.fromhex(
+            "7f10dabe"):
+        return "VDI", int.from_bytes(head[368:376], "little") or size
+    if head.startswith(b"QFI\xfb"):
+        return "QCOW2", int.from_bytes(head[24:32], "big")
+    if head.startswith(b"KDMV") or head.startswith(b"# Disk DescriptorFile"):
+        return "VMDK", size
+    if path.suffix in (".img", ".raw") and kind in ("hdd", "floppy"):
+        return "RAW", size
+    raise VBoxError(
+        f"Could not get the storage format of the medium '{path}' (VERR_NOT_SUPPORTED)",
+        VBOX_E_IPRT_ERROR, "MediumWrap", "IMedium")
+
+
+def write_vdi(path: Path, logical_size: int) -> None:
+    """Create a (dynamic) VDI file: the text banner, the signature, and a block map
+    sized like the real one (4 bytes per 1 MiB block), so a full disk fails here."""
+    header = bytearray(512)
+    banner = b"<<< Oracle VM VirtualBox Disk Image >>>\n"
+    header[:len(banner)] = banner
+    header[64:68] = bytes.fromhex("7f10dabe")
+    header[368:376] = logical_size.to_bytes(8, "little")
+    block_map = 4 * max(1, logical_size // (1 << 20))
+    try:
+        with open(path, "xb") as handle:
+            handle.write(header)
+            handle.write(b"\xff" * block_map)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except FileExistsError:
+        raise VBoxError(
+            f"Failed to create medium\nCould not create the medium storage unit '{path}'.\n"
+            f"VD: error VERR_ALREADY_EXISTS creating image file '{path}' (VERR_ALREADY_EXISTS)",
+            VBOX_E_FILE_ERROR, "MediumWrap", "IMedium") from None
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        verr = "VERR_DISK_FULL" if error.errno == 28 else "VERR_WRITE_ERROR"
+        raise VBoxError(
+            f"Failed to create medium\nCould not create the medium storage unit '{path}'.\n"
+            f"VD: error {verr} writing image file '{path}' ({verr})",
+            VBOX_E_FILE_ERROR, "MediumWrap", "IMedium") from None
+
+
+# -- logs and states ----------------------------------------------------------------
+
+
+def vm_log_path(machine: dict[str, Any]) -> Path:
+    return Path(machine["folder"]) / "Logs" / "VBox.log"
+
+
+def vm_log(machine: dict[str, Any], text: str) -> None:
+    path = vm_log_path(machine)
+    if path.parent.exists():
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%H:%M:%S.%f")
+        with open(path, "a") as handle:
+            handle.write(f"{stamp} {text}\n")
+
+
+def set_state(machine: dict[str, Any], state: str, console_name: str | None = None) -> None:
+    """Change the state and log it the way vboxwrapper's poll() tails VBox.log for:
+    "Console: Machine state changed to '<X>'"."""
+    machine["state"] = state
+    machine["state_change"] = datetime.datetime.now(datetime.UTC).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+    if console_name:
+        vm_log(machine, f"Console: Machine state changed to '{console_name}'")
+
+
+# -- faults ------------------------------------------------------------------------
+
+
+def _take_fault(home: Path, env: dict[str, str], argv: list[str]) -> dict[str, Any] | None:
+    """Pop the first matching rule from the faults file, if any.
+
+    The file is a JSON list of rules ``{"command": "controlvm", "contains": "pause",
+    "fault": "session_locked", "times": 2}``; ``contains`` is matched against the
+    space-joined arguments, ``times`` counts down (absent = every call). Faults:
+    ``session_locked``, ``vboxsvc_unreachable``, ``invalid_vm_state``, ``hang``
+    (``seconds``, default 3600), ``start_error`` (``verr``, one of START_ERRORS),
+    ``crash_after_start`` (the VM process is killed right after startvm).
+    """
+    path = Path(env.get("FAKE_VBOX_FAULTS") or home / "fake-faults.json")
+    rules = _read_json(path) if path.exists() else None
+    if not rules:
+        return None
+    command = argv[0] if argv else ""
+    joined = " ".join(argv)
+    for index, rule in enumerate(rules):
+        if rule.get("command", command) != command or rule.get("contains", "") not in joined:
+            continue
+        if "times" in rule:
+            rule["times"] -= 1
+            if rule["times"] <= 0:
+                rules.pop(index)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(rules))
+            os.replace(tmp, path)
+        return rule
+    return None
+
+
+def raise_fault(rule: dict[str, Any], argv: list[str]) -> None:
+    fault = rule["fault"]
+    target = argv[1] if len(argv) > 1 else "?"
+    if fault == "session_locked":
+        raise session_locked(target)
+    if fault == "vboxsvc_unreachable":
+        # What VBoxManage prints when VBoxSVC cannot be started or reached
+        # (vboxwrapper: vbm_popen retries CO_E_SERVER_EXEC_FAILURE).
+        raise VBoxError("Failed to create the VirtualBox object!\n"
+                        "Code CO_E_SERVER_EXEC_FAILURE (0x80080005) - Server execution failed "
+                        "(extended info not available)\n"
+                        "Most likely, the VirtualBox COM server is not running or failed to start.")
+    if fault == "invalid_vm_state":
+        raise VBoxError("Invalid machine state: Stuck (must be Running, Paused or Stuck)",
+                        VBOX_E_INVALID_VM_STATE, "ConsoleWrap", "IConsole")
+    if fault == "vboxdrv_missing":
+        raise VBoxError("WARNING: The vboxdrv kernel module is not loaded. Either there is no "
+                        "module\n         available for the current kernel or it failed to load.")
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+class Options:
+    """Minimal GNU-style option reader: ``--opt value``, ``--opt=value``, flags."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = list(args)
+
+    def take_positional(self, what: str) -> str:
+        if not self.args or self.args[0].startswith("--"):
+            raise syntax_error(f"Missing {what}")
+        return self.args.pop(0)
+
+    def __iter__(self):
+        while self.args:
+            item = self.args.pop(0)
+            if item.startswith("--") and "=" in item:
+                key, value = item.split("=", 1)
+                self.args.insert(0, value)
+                item = key
+            yield item
+
+    def value(self, option: str) -> str:
+        if not self.args:
+            raise syntax_error(f"Missing value for option {option}")
+        return self.args.pop(0)
+
+
+class FakeVBoxManage:
+    """One invocation: dispatch ``argv`` to a command, write its output."""
+
+    def __init__(self, home: Path, env: dict[str, str], out: TextIO) -> None:
+        self.home = home
+        self.env = env
+        self.out = out
+        self.version_text = env.get("FAKE_VBOX_VERSION", DEFAULT_VERSION)
+        self.version = parse_version(self.version_text)
+        self.store = Store(home)
+        self.crash_after_start = False
+
+    def print(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+
+    def run(self, argv: list[str]) -> None:
+        command, args = argv[0], argv[1:]
+        handler: Callable[[list[str]], None] | None = getattr(
+            self, "cmd_" + command.replace("-", "_"), None)
+        if handler is None:
+            raise syntax_error(f"Invalid command '{command}'")
+        handler(args)
+        self.store.save()
+
+    # ---- list (manual: list) ----
+    def cmd_list(self, args: list[str]) -> None:
+        what = [a for a in args if not a.startswith("-")]
+        if not what:
+            raise syntax_error("Missing subcommand for 'list' command.")
+        kind = what[0]
+        if kind == "vms":
+            for m in self.store.machines():
+                self.print(f'"{m["name"]}" {{{m["uuid"]}}}')
+        elif kind == "runningvms":
+            for m in self.store.machines():
+                if m["state"] in ONLINE:
+                    self.print(f'"{m["name"]}" {{{m["uuid"]}}}')
+        elif kind == "hostinfo":
+            self._hostinfo()
+        elif kind in ("hdds", "dvds", "floppies"):
+            kind_name = {"hdds": "hdd", "dvds": "dvd", "floppies": "floppy"}[kind]
+            for medium in self.store.registry["media"].values():
+                if medium["kind"] != kind_name:
+                    continue
+                users = self.store.media_users(medium["uuid"])
+                self.print(f"UUID:           {medium['uuid']}")
+                if kind_name == "hdd":
+                    self.print(f"Parent UUID:    {medium['parent'] or 'base'}")
+                self.print("State:          " + ("created" if Path(
+                    medium["location"]).exists() else "inaccessible"))
+                if kind_name == "hdd":
+                    self.print("Type:           normal " + ("(differencing)" if medium[
+                        "parent"] else "(base)"))
+                self.print(f"Location:       {medium['location']}")
+                if kind_name == "hdd":
+                    self.print(f"Storage format: {medium['format']}")
+                    self.print(f"Capacity:       {medium['logical_size'] >> 20} MBytes")
+                self.print("In use by VMs:  " + ", ".join(
+                    f"{u['name']} (UUID: {u['uuid']})" for u in users) if users else "")
+        elif kind == "systemproperties":
+            # vboxwrapper: get_guest_additions parses "Default Guest Additions ISO:".
+            self.print(f"API version:                     {self.version[0]}_{self.version[1]}")
+            self.print("Minimum guest RAM size:          4 Megabytes")
+            self.print(f"Default machine folder:          {self.home / 'VirtualBox VMs'}")
+            self.print("Default Guest Additions ISO:     "
+                       "/usr/share/virtualbox/VBoxGuestAdditions.iso")
+        elif kind == "extpacks":
+            self.print("Extension Packs: 0")
+        elif kind == "bridgedifs":
+            pass
+        else:
+            raise syntax_error(f"Unknown subcommand '{kind}' for 'list' command.")
+
+    def _hostinfo(self) -> None:
+        # vboxwrapper: is_system_ready requires "Processor count:" in this output.
+        meminfo = Path("/proc/meminfo").read_text()
+        total = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1)) // 1024
+        avail = int(re.search(r"MemAvailable:\s+(\d+)", meminfo).group(1)) // 1024
+        cpus = os.cpu_count() or 1
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        hw = "yes" if re.search(r"\b(vmx|svm)\b", cpuinfo) else "no"
+        self.print("Host Information:\n")
+        self.print(f"Host time: {datetime.datetime.now(datetime.UTC).isoformat()}")
+        self.print(f"Processor online count: {cpus}")
+        self.print(f"Processor count: {cpus}")
+        self.print(f"Processor online core count: {cpus}")
+        self.print(f"Processor core count: {cpus}")
+        self.print(f"Processor supports HW virtualization: {hw}")
+        self.print("Processor supports PAE: yes")
+        self.print("Processor supports long mode: yes")
+        self.print(f"Memory size: {total} MByte")
+        self.print(f"Memory available: {avail} MByte")
+        self.print("Operating system: Linux")
+        self.print(f"Operating system version: {os.uname().release}")
+
+    # ---- createvm (manual: createvm; vboxwrapper: create_vm) ----
+    def cmd_createvm(self, args: list[str]) -> None:
+        opts = Options(args)
+        name = basefolder = None
+        ostype = "Other"
+        register = False
+        vm_uuid = str(uuidlib.uuid4())
+        for opt in opts:
+            if opt == "--name":
+                name = opts.value(opt)
+            elif opt == "--basefolder":
+                basefolder = opts.value(opt)
+            elif opt == "--ostype":
+                ostype = opts.value(opt)
+            elif opt == "--register":
+                register = True
+            elif opt == "--uuid":
+                vm_uuid = opts.value(opt)
+            elif opt == "--default":
+                pass
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+        if not name:
+            raise syntax_error("Parameter --name is required")
+        base = Path(basefolder) if basefolder else self.home / "VirtualBox VMs"
+        folder = base / name
+        settings = folder / f"{name}.vbox"
+        if settings.exists():
+            # The real message for a leftover settings file (seen in user reports).
+            raise VBoxError(f"Machine settings file '{settings}' already exists",
+                            VBOX_E_FILE_ERROR, "MachineWrap", "IMachine",
+                            "CreateMachine(bstrSettingsFile.raw(), bstrName.raw(), ...)")
+        if register and any(m["name"] == name for m in self.store.machines()):
+            raise VBoxError(f"A machine named '{name}' is already registered",
+                            VBOX_E_OBJECT_IN_USE, "VirtualBoxWrap", "IVirtualBox")
+        (folder / "Logs").mkdir(parents=True, exist_ok=True)
+        machine: dict[str, Any] = {
+            "name": name, "uuid": vm_uuid, "ostype": ostype, "settings_file": str(settings),
+            "folder": str(folder), "memory": 128, "cpus": 1, "description": "",
+            "state": "poweroff", "state_change": "", "pid": None, "pid_start": None,
+            "settings": {"nic1": "nat", "cableconnected1": "on", "acpi": "on", "ioapic": "on"},
+            "storagectl": {}, "attachments": {}, "sharedfolders": {}, "natpf1": {},
+            "bandwidth": {}, "guestproperties": {}, "snapshots": [], "current_snapshot": None,
+            "saved_state": None,
+        }
+        self.store.add_machine(machine)
+        _atomic_write(settings, machine)
+        if register:
+            self.store.registry["machines"][vm_uuid] = str(settings)
+            self.print(f"Virtual machine '{name}' is created and registered.")
+        else:
+            self.print(f"Virtual machine '{name}' is created.")
+        self.print(f"UUID: {vm_uuid}")
+        self.print(f"Settings file: '{settings}'")
+
+    # ---- registervm / unregistervm (manual; vboxwrapper: register_vm, deregister_vm) ----
+    def cmd_registervm(self, args: list[str]) -> None:
+        path = Path(Options(args).take_positional("settings file")).resolve()
+        if not path.exists():
+            raise VBoxError(f"Runtime error opening '{path}' for reading: -102 "
+                            "(File not found.).", VBOX_E_FILE_ERROR, "MachineWrap", "IMachine")
+        machine = self.store.load_machine(path)
+        if machine["uuid"] in self.store.registry["machines"]:
+            raise VBoxError(f"Registering machine '{machine['name']}' with UUID "
+                            f"{{{machine['uuid']}}} failed: it is already registered",
+                            VBOX_E_OBJECT_IN_USE, "VirtualBoxWrap", "IVirtualBox")
+        self.store.registry["machines"][machine["uuid"]] = str(path)
+        # A process recorded by an earlier VBoxSVC is not ours any more.
+        self.store.refresh(machine)
+
+    def cmd_unregistervm(self, args: list[str]) -> None:
+        opts = Options(args)
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        delete = delete_all = False
+        for opt in opts:
+            if opt == "--delete":
+                delete = True
+            elif opt == "--delete-all" and self.version >= (7, 0, 0):
+                # manual (7.0+): --delete-all also removes DVD/floppy images attached only here.
+                delete = delete_all = True
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+        if machine["state"] in ONLINE:
+            raise VBoxError(f"Cannot unregister the machine '{machine['name']}' while it is "
+                            "locked", VBOX_E_INVALID_OBJECT_STATE, "MachineWrap", "IMachine",
+                            "Unregister(CleanupMode_DetachAllReturnHardDisksOnly, ...)")
+        del self.store.registry["machines"][machine["uuid"]]
+        attached = [a for a in machine["attachments"].values() if a.get("medium")]
+        chain = self._chain_media(machine)
+        machine["attachments"] = {}
+        if delete:
+            self._delete_machine_files(machine, attached, delete_all)
+        # Media opened through this VM live in its media registry (VirtualBox 4.0+):
+        # they leave the global list with it unless another VM still uses them.
+        for medium_uuid in chain:
+            medium = self.store.registry["media"].get(medium_uuid)
+            if medium and not self._used_elsewhere(medium_uuid):
+                del self.store.registry["media"][medium_uuid]
+
+    def _chain_media(self, machine: dict[str, Any]) -> set[str]:
+        media = self.store.registry["media"]
+        found = {a["medium"] for a in machine["attachments"].values() if a.get("medium")}
+        for snap in machine["snapshots"]:
+            found.update(snap["frozen"].values())
+            found.update(snap["diffs"].values())
+        for medium_uuid in list(found):
+            parent = media.get(medium_uuid, {}).get("parent")
+            while parent:
+                found.add(parent)
+                parent = media.get(parent, {}).get("parent")
+        return found
+
+    def _used_elsewhere(self, medium_uuid: str) -> bool:
+        if self.store.media_users(medium_uuid):
+            return True
+        return any(self._used_elsewhere(child["uuid"])
+                   for child in self.store.children(medium_uuid))
+
+    def _delete_machine_files(self, machine: dict[str, Any], attached: list[dict[str, Any]],
+                              delete_all: bool) -> None:
+        # manual: --delete removes the hard disk images (and differencing images) used by
+        # the VM, saved states, logs and the settings file.
+        doomed = {a["medium"] for a in attached if a["type"] == "hdd" or delete_all}
+        for snap in machine["snapshots"]:
+            doomed.update(snap.get("diffs", {}).values())
+            doomed.update(snap.get("frozen", {}).values())
+            if snap.get("saved_state"):
+                Path(snap["saved_state"]).unlink(missing_ok=True)
+        media = self.store.registry["media"]
+        progress = True
+        while progress:  # children before parents; a medium others still use stays
+            progress = False
+            for medium_uuid in sorted(doomed):
+                medium = media.get(medium_uuid)
+                if medium is None or self.store.media_users(medium_uuid) or \
+                        self.store.children(medium_uuid):
+                    continue
+                Path(medium["location"]).unlink(missing_ok=True)
+                del media[medium_uuid]
+                doomed.discard(medium_uuid)
+                progress = True
+        if machine.get("saved_state"):
+            Path(machine["saved_state"]).unlink(missing_ok=True)
+        folder = Path(machine["folder"])
+        for leftover in ("Logs", "Snapshots"):
+            shutil.rmtree(folder / leftover, ignore_errors=True)
+        for path in (Path(machine["settings_file"]), folder / "fake-vm-ram.json"):
+            path.unlink(missing_ok=True)
+        for path in folder.glob("*.vbox-prev"):
+            path.unlink()
+        machine["_deleted"] = True
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+    # ---- modifyvm (manual: modifyvm; vboxwrapper: create_vm) ----
+    #: options taking one value, stored as given. 7.0 renamed many to dashed
+    #: spellings and keeps the old ones as aliases (manual 7.0: modifyvm).
+    _MODIFY_OPTIONS = {
+        "--ostype", "--acpi", "--ioapic", "--boot1", "--boot2", "--boot3", "--boot4",
+        "--nic1", "--natdnsproxy1", "--natdnshostresolver1", "--cableconnected1", "--usb",
+        "--uart1", "--uart2", "--lpt1", "--lpt2", "--audio", "--clipboard", "--clipboard-mode",
+        "--draganddrop", "--hwvirtex", "--vram", "--graphicscontroller", "--cpuexecutioncap",
+        "--paravirtprovider", "--rtcuseutc", "--nestedpaging", "--largepages", "--pae",
+        "--longmode", "--vrde", "--vrdeport", "--vrdeextpack", "--vrdeauthlibrary",
+        "--vrdeauthtype", "--nictype1", "--bridgeadapter1", "--uartmode1", "--firmware",
+    }
+    _MODIFY_OPTIONS_7 = {
+        "--cable-connected1", "--nat-dns-proxy1", "--nat-dns-host-resolver1", "--audio-driver",
+        "--audio-enabled", "--nic-type1", "--bridge-adapter1", "--graphics-controller",
+        "--cpu-execution-cap", "--paravirt-provider", "--rtc-use-utc", "--nested-paging",
+        "--large-pages", "--hwvirtex", "--usb-ohci", "--drag-and-drop",
+    }
+
+    def cmd_modifyvm(self, args: list[str]) -> None:
+        opts = Options(args)
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        if machine["state"] in ONLINE:
+            # modifyvm needs a write lock on the machine, which a running VM holds.
+            raise session_locked(machine["name"])
+        allowed = self._MODIFY_OPTIONS | (self._MODIFY_OPTIONS_7 if self.version >= (7, 0, 0)
+                                          else set())
+        for opt in opts:
+            if opt == "--memory":
+                machine["memory"] = int(opts.value(opt))
+            elif opt == "--cpus":
+                machine["cpus"] = int(opts.value(opt))
+            elif opt == "--description":
+                machine["description"] = opts.value(opt)
+            elif opt in ("--natpf1", "--nat-pf1") and (opt == "--natpf1" or self.version >= (
+                    7, 0, 0)):
+                self._natpf(machine, opts.value(opt))
+            elif opt in allowed:
+                machine["settings"][opt.lstrip("-").replace("-", "")] = opts.value(opt)
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+
+    def _natpf(self, machine: dict[str, Any], rule: str) -> None:
+        # manual: modifyvm --natpf<N> [<name>],tcp|udp,[<hostip>],<hostport>,[<guestip>],<port>
+        # (vboxwrapper: create_vm builds ",tcp,127.0.0.1,<host>,,<guest>").
+        rules = machine["natpf1"]
+        if rule.startswith("delete"):
+            name = rule.split(None, 1)[1] if " " in rule else ""
+            if name not in rules:
+                raise VBoxError(f"Could not find a NAT rule named '{name}'", E_INVALIDARG,
+                                "NATEngineWrap", "INATEngine")
+            del rules[name]
+            return
+        parts = rule.split(",")
+        if len(parts) != 6 or parts[1] not in ("tcp", "udp") or not parts[3].isdigit():
+            raise syntax_error(f"Invalid NAT rule '{rule}'")
+        name = parts[0] or f"{parts[1]}_{parts[3]}_{parts[5]}"
+        if name in rules:
+            raise VBoxError("A NAT rule of this name already exists", E_INVALIDARG,
+                            "NATEngineWrap", "INATEngine")
+        for other in rules.values():
+            if other["proto"] == parts[1] and other["hostport"] == int(parts[3]):
+                raise VBoxError("A NAT rule for this host port and this host IP already exists",
+                                E_INVALIDARG, "NATEngineWrap", "INATEngine")
+        rules[name] = {"proto": parts[1], "hostip": parts[2], "hostport": int(parts[3]),
+                       "guestip": parts[4], "guestport": int(parts[5])}
+
+    # ---- storagectl / storageattach (manual; vboxwrapper: create_vm) ----
+    def cmd_storagectl(self, args: list[str]) -> None:
+        opts = Options(args)
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        if machine["state"] in ONLINE:
+            raise session_locked(machine["name"])
+        name = add = None
+        settings: dict[str, str] = {}
+        remove = False
+        for opt in opts:
+            if opt == "--name":
+                name = opts.value(opt)
+            elif opt == "--add":
+                add = opts.value(opt)
+            elif opt == "--remove":
+                remove = True
+            elif opt in ("--controller", "--portcount", "--hostiocache", "--bootable"):
+                settings[opt[2:]] = opts.value(opt)
+            elif opt == "--sataportcount" and self.version < (4, 3, 0):
+                # vboxwrapper: create_vm uses --sataportcount before 4.3.0 only.
+                settings["portcount"] = opts.value(opt)
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+        if not name:
+            raise syntax_error("Storage controller name not specified")
+        controllers = machine["storagectl"]
+        if remove:
+            if name not in controllers:
+                raise VBoxError(f"Could not find a storage controller named '{name}'",
+                                VBOX_E_OBJECT_NOT_FOUND)
+            del controllers[name]
+            for key in [k for k, a in machine["attachments"].items() if a["controller"] == name]:
+                del machine["attachments"][key]
+            return
+        if add:
+            if add not in ("ide", "sata", "scsi", "floppy", "sas", "usb", "pcie", "virtio"):
+                raise syntax_error(f"Invalid --add argument '{add}'")
+            if name in controllers:
+                raise VBoxError(f"Storage controller named '{name}' already exists",
+                                VBOX_E_OBJECT_IN_USE)
+            controllers[name] = {"bus": add, **settings}
+        elif name in controllers:
+            controllers[name].update(settings)
+        else:
+            raise VBoxError(f"Could not find a storage controller named '{name}'",
+                            VBOX_E_OBJECT_NOT_FOUND)
+
+    def cmd_storageattach(self, args: list[str]) -> None:
+        opts = Options(args)
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        if machine["state"] in ONLINE:
+            raise session_locked(machine["name"])
+        values: dict[str, str] = {}
+        for opt in opts:
+            if opt in ("--storagectl", "--port", "--device", "--type", "--medium", "--mtype",
+                       "--setuuid", "--nonrotational", "--discard", "--comment"):
+                values[opt[2:]] = opts.value(opt)
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+        controller = values.get("storagectl")
+        if controller not in machine["storagectl"]:
+            raise VBoxError(f"Could not find a controller named '{controller}'",
+                            VBOX_E_OBJECT_NOT_FOUND)
+        key = f"{controller}-{values.get('port', '0')}-{values.get('device', '0')}"
+        medium_ref = values.get("medium")
+        if medium_ref is None:
+            raise syntax_error("Parameter --medium is required")
+        if medium_ref in ("none", "emptydrive"):
+            machine["attachments"].pop(key, None)
+            return
+        kind = {"hdd": "hdd", "dvddrive": "dvd", "fdd": "floppy"}.get(values.get("type", "hdd"))
+        if machine["storagectl"][controller]["bus"] == "floppy":
+            kind = "floppy"
+        if kind is None:
+            raise syntax_error(f"Invalid --type argument '{values.get('type')}'")
+        if medium_ref == "additions":
+            machine["attachments"][key] = {"controller": controller, "type": kind,
+                                           "medium": None, "location": "additions"}
+            return
+        medium = self.store.open_medium(medium_ref, kind)
+        if kind == "hdd" and values.get("mtype") not in ("multiattach", "shareable",
+                                                         "immutable", "readonly"):
+            for user in self.store.media_users(medium["uuid"]):
+                if user["uuid"] != machine["uuid"]:
+                    raise VBoxError(
+                        f"Cannot attach medium '{medium['location']}' {{{medium['uuid']}}}: "
+                        f"medium is already associated with the current state of machine "
+                        f"uuid {{{user['uuid']}}}!", VBOX_E_OBJECT_IN_USE, "SessionMachine",
+                        "IMachine")
+        if values.get("mtype"):
+            medium["type"] = values["mtype"]
+        machine["attachments"][key] = {"controller": controller, "type": kind,
+                                       "medium": medium["uuid"], "location": medium["location"]}
+
+    # ---- media (manual: createmedium, clonemedium, closemedium, showmediuminfo) ----
+    def cmd_createmedium(self, args: list[str]) -> None:
+        opts = Options(args)
+        kind = "hdd"
+        if opts.args and opts.args[0] in ("disk", "dvd", "floppy"):
+            kind = {"disk": "hdd"}.get(opts.args[0], opts.args[0])
+            opts.args.pop(0)
+        filename = parent_ref = None
+        size_mb = 0
+        fmt = "VDI"
+        for opt in opts:
+            if opt == "--filename":
+                filename = opts.value(opt)
+            elif opt == "--size":
+                size_mb = int(opts.value(opt))
+            elif opt == "--sizebyte":
+                size_mb = int(opts.value(opt)) >> 20
+            elif opt == "--format":
+                fmt = opts.value(opt).upper()
+            elif opt == "--diffparent":
+                parent_ref = opts.value(opt)
+            elif opt == "--variant":
+                opts.value(opt)
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+        if not filename:
+            raise syntax_error("Parameters --filename is required")
+        if fmt != "VDI":
+            raise VBoxError(f"Medium format '{fmt}' is not supported by the fake",
+                            VBOX_E_OBJECT_NOT_FOUND, "VirtualBoxWrap", "IVirtualBox")
+        path = Path(filename).resolve()
+        parent = None
+        if parent_ref:
+            parent = self.store.open_medium(parent_ref, "hdd")
+            size = parent["logical_size"]
+        elif size_mb:
+            size = size_mb << 20
+        else:
+            raise syntax_error("Parameters --size is required")
+        write_vdi(path, size)
+        medium = {"uuid": str(uuidlib.uuid4()), "location": str(path), "kind": kind,
+                  "format": "VDI", "parent": parent["uuid"] if parent else None,
+                  "logical_size": size, "type": "normal"}
+        self.store.registry["media"][medium["uuid"]] = medium
+        self.print(PROGRESS)
+        self.print(f"Medium created. UUID: {medium['uuid']}")
+
+    cmd_createhd = cmd_createmedium
+
+    def cmd_clonemedium(self, args: list[str]) -> None:
+        opts = Options(args)
+        kind = "hdd"
+        if opts.args and opts.args[0] in ("disk", "dvd", "floppy"):
+            kind = {"disk": "hdd"}.get(opts.args[0], opts.args[0])
+            opts.args.pop(0)
+        source = self.store.open_medium(opts.take_positional("source medium"), kind)
+        target = Path(opts.take_positional("target file")).resolve()
+        fmt = "VDI"
+        for opt in opts:
+            if opt == "--format":
+                fmt = opts.value(opt).upper()
+            elif opt in ("--variant", "--existing"):
+                if opt == "--variant":
+                    opts.value(opt)
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+        if target.exists():
+            raise VBoxError(f"Cannot create the medium storage unit '{target}' because it "
+                            "already exists", VBOX_E_FILE_ERROR, "MediumWrap", "IMedium")
+        try:
+            shutil.copyfile(source["location"], target)
+        except OSError as error:
+            target.unlink(missing_ok=True)
+            raise VBoxError(f"Failed to clone medium\nVD: error VERR_DISK_FULL writing image "
+                            f"file '{target}' ({error.strerror})", VBOX_E_FILE_ERROR,
+                            "MediumWrap", "IMedium") from None
+        medium = {"uuid": str(uuidlib.uuid4()), "location": str(target), "kind": kind,
+                  "format": fmt, "parent": None, "logical_size": source["logical_size"],
+                  "type": "normal"}
+        self.store.registry["media"][medium["uuid"]] = medium
+        self.print(PROGRESS)
+        self.print(f"Clone medium created in format '{fmt}'. UUID: {medium['uuid']}")
+
+    def cmd_closemedium(self, args: list[str]) -> None:
+        opts = Options(args)
+        kind = "hdd"
+        if opts.args and opts.args[0] in ("disk", "dvd", "floppy"):
+            kind = {"disk": "hdd"}.get(opts.args[0], opts.args[0])
+            opts.args.pop(0)
+        ref = opts.take_positional("medium")
+        delete = False
+        for opt in opts:
+            if opt == "--delete":
+                delete = True
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+        medium = self.store.open_medium(ref, kind)
+        users = self.store.media_users(medium["uuid"])
+        if users:
+            raise VBoxError(f"Cannot close medium '{medium['location']}' because it is still "
+                            f"attached to {len(users)} virtual machines", VBOX_E_OBJECT_IN_USE,
+                            "MediumWrap", "IMedium")
+        children = self.store.children(medium["uuid"])
+        if children:
+            raise VBoxError(f"Cannot close medium '{medium['location']}' because it has "
+                            f"{len(children)} child media", VBOX_E_OBJECT_IN_USE,
+                            "MediumWrap", "IMedium")
+        if delete:
+            Path(medium["location"]).unlink(missing_ok=True)
+            self.print(PROGRESS)
+        del self.store.registry["media"][medium["uuid"]]
+
+    def cmd_showmediuminfo(self, args: list[str]) -> None:
+        # vboxwrapper: deregister_stale_vm reads "In use by VMs: <name> (UUID: <uuid>)".
+        opts = Options(args)
+        kind = "hdd"
+        if opts.args and opts.args[0] in ("disk", "dvd", "floppy"):
+            kind = {"disk": "hdd"}.get(opts.args[0], opts.args[0])
+            opts.args.pop(0)
+        medium = self.store.open_medium(opts.take_positional("medium"), kind)
+        users = self.store.media_users(medium["uuid"])
+        self.print(f"UUID:           {medium['uuid']}")
+        self.print(f"Parent UUID:    {medium['parent'] or 'base'}")
+        self.print("Accessible:     yes")
+        self.print(f"Logical size:   {medium['logical_size'] >> 20} MBytes")
+        self.print(f"Current size on disk: {Path(medium['location']).stat().st_size >> 20} MBytes")
+        self.print("Type:           normal " + ("(differencing)" if medium["parent"] else "(base)"))
+        self.print(f"Storage format: {medium['format']}")
+        if users:
+            self.print("In use by VMs:  " + ", ".join(
+                f"{u['name']} (UUID: {u['uuid']})" for u in users))
+        self.print(f"Location:       {medium['location']}")
+        self.store.save()
+
+    cmd_showhdinfo = cmd_showmediuminfo
+
+    # ---- sharedfolder (manual: sharedfolder; vboxwrapper: create_vm) ----
+    def cmd_sharedfolder(self, args: list[str]) -> None:
+        opts = Options(args)
+        action = opts.take_positional("add|remove")
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        values: dict[str, str] = {}
+        flags: set[str] = set()
+        for opt in opts:
+            if opt in ("--name", "--hostpath", "--auto-mount-point"):
+                values[opt[2:]] = opts.value(opt)
+            elif opt in ("--readonly", "--automount", "--transient"):
+                flags.add(opt[2:])
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+        name = values.get("name")
+        if not name:
+            raise syntax_error("Shared folder name (--name) is required")
+        if action == "add":
+            if machine["state"] in ONLINE and "transient" not in flags:
+                raise session_locked(machine["name"])
+            host_path = values.get("hostpath", "")
+            if not Path(host_path).is_absolute() or not Path(host_path).is_dir():
+                raise VBoxError(f"Shared folder path '{host_path}' is not absolute or does "
+                                "not exist", VBOX_E_FILE_ERROR, "SharedFolderWrap",
+                                "ISharedFolder")
+            if name in machine["sharedfolders"]:
+                raise VBoxError(f"Shared folder named '{name}' already exists",
+                                VBOX_E_OBJECT_IN_USE)
+            machine["sharedfolders"][name] = {"hostpath": host_path,
+                                              "readonly": "readonly" in flags}
+        elif action == "remove":
+            if name not in machine["sharedfolders"]:
+                raise VBoxError(f"Could not find a shared folder named '{name}'",
+                                VBOX_E_OBJECT_NOT_FOUND)
+            del machine["sharedfolders"][name]
+        else:
+            raise syntax_error(f"Invalid parameter '{action}'")
+
+    # ---- bandwidthctl (vboxwrapper: create_vm, set_network_usage) ----
+    def cmd_bandwidthctl(self, args: list[str]) -> None:
+        opts = Options(args)
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        action = opts.take_positional("add|set|remove")
+        group = opts.take_positional("group name")
+        values = {}
+        for opt in opts:
+            if opt in ("--type", "--limit"):
+                values[opt[2:]] = opts.value(opt)
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+        if action == "remove":
+            machine["bandwidth"].pop(group, None)
+        else:
+            machine["bandwidth"].setdefault(group, {}).update(values)
+
+    # ---- startvm (manual: startvm; vboxwrapper: start) ----
+    def cmd_startvm(self, args: list[str]) -> None:
+        opts = Options(args)
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        for opt in opts:
+            if opt == "--type":
+                if opts.value(opt) not in ("gui", "headless", "separate", "sdl"):
+                    raise syntax_error("Invalid session type")
+            else:
+                raise syntax_error(f"Unknown option: {opt}")
+        if machine["state"] in ONLINE:
+            raise VBoxError(f"The machine '{machine['name']}' is already locked by a session "
+                            "(or being locked or unlocked)", VBOX_E_INVALID_OBJECT_STATE,
+                            context="LaunchVMProcess(a->session, sessionType.raw(), ...)")
+        self.print(f'Waiting for VM "{machine["name"]}" to power on...')
+        self._rotate_log(machine)
+        fault = getattr(self, "_start_fault", None)
+        if fault is not None:
+            self._power_up_failure(machine, fault.get("verr", "VERR_VMX_MSR_ALL_VMX_DISABLED"))
+        for attachment in machine["attachments"].values():
+            medium = self.store.registry["media"].get(attachment.get("medium") or "")
+            if medium and not Path(medium["location"]).exists():
+                vm_log(machine, f"VD: error VERR_FILE_NOT_FOUND opening image file "
+                                f"'{medium['location']}'")
+                set_state(machine, "poweroff", "PoweredOff")
+                raise VBoxError(f"Could not open the medium '{medium['location']}'.\n"
+                                f"VD: error VERR_FILE_NOT_FOUND opening image file "
+                                f"'{medium['location']}' (VERR_FILE_NOT_FOUND).",
+                                VBOX_E_FILE_ERROR, "ConsoleWrap", "IConsole")
+        sockets = self._bind_forwards(machine)
+        ram = {"ticks": 0, "guest_clock": 0.0}
+        restoring = machine["state"] == "saved" and machine.get("saved_state")
+        if restoring:
+            ram = _read_json(Path(machine["saved_state"])) or ram
+        set_state(machine, machine["state"], "Restoring" if restoring else "PoweringOn")
+        command = [sys.executable, str(HERE / "fake_vm_process.py"), "--vm-folder",
+                   machine["folder"], "--log", str(vm_log_path(machine)),
+                   "--ticks", str(int(ram.get("ticks", 0))),
+                   "--guest-clock", str(float(ram.get("guest_clock", 0.0))),
+                   "--max-lifetime", self.env.get("FAKE_VBOX_VM_MAX_LIFETIME", "900")]
+        try:
+            launcher = subprocess.run(command, capture_output=True, text=True, timeout=30,
+                                      pass_fds=[s.fileno() for s in sockets], check=True)
+        finally:
+            for sock in sockets:
+                sock.close()
+        pid = int(launcher.stdout.strip())
+        machine["pid"] = pid
+        machine["pid_start"] = process_start_time(pid)
+        # vboxwrapper: get_vm_process_id reads "Process ID: " from VBox.log.
+        vm_log(machine, f"Process ID: {pid}")
+        if restoring:
+            Path(machine["saved_state"]).unlink(missing_ok=True)
+            machine["saved_state"] = None
+        set_state(machine, "running", "Running")
+        if self.crash_after_start:
+            kill_process(pid, machine["pid_start"])
+        self.print(f'VM "{machine["name"]}" has been successfully started.')
+
+    def _rotate_log(self, machine: dict[str, Any]) -> None:
+        """VirtualBox keeps VBox.log, VBox.log.1 ... of earlier runs, newest first."""
+        log = vm_log_path(machine)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        for index in (2, 1):
+            older = log.with_name(f"VBox.log.{index}")
+            if older.exists():
+                older.rename(log.with_name(f"VBox.log.{index + 1}"))
+        if log.exists():
+            log.rename(log.with_name("VBox.log.1"))
+        major, minor, build = self.version
+        revision = self.version_text.rsplit("r", 1)[-1] if "r" in self.version_text else "0"
+        log.write_text(
+            f"00:00:00.000000 VirtualBox VM {major}.{minor}.{build} r{revision} linux.amd64 "
+            "release log\n"
+            f"00:00:00.000000 Log opened {datetime.datetime.now(datetime.UTC).isoformat()}\n"
+            "00:00:00.000000 Build Type: release\n00:00:00.000000 OS Product: Linux\n")
+
+    def _power_up_failure(self, machine: dict[str, Any], verr: str) -> None:
+        text = START_ERRORS.get(verr, verr)
+        vm_log(machine, f"VMSetError: {text} ({verr}).")
+        vm_log(machine, f"Power up failed (vrc={verr}, rc=NS_ERROR_FAILURE (0X80004005))")
+        set_state(machine, "poweroff", "PoweredOff")
+        raise VBoxError(f"{text} ({verr})", NS_ERROR_FAILURE, "ConsoleWrap", "IConsole")
+
+    def _bind_forwards(self, machine: dict[str, Any]) -> list[socket.socket]:
+        """Take the NAT forwards' host ports, as VirtualBox's NAT engine does at power-up.
+        A taken port fails the start with VERR_NAT_REDIR_SETUP."""
+        sockets = []
+        for rule in machine["natpf1"].values():
+            kind = socket.SOCK_STREAM if rule["proto"] == "tcp" else socket.SOCK_DGRAM
+            sock = socket.socket(socket.AF_INET, kind)
+            try:
+                sock.bind((rule["hostip"] or "127.0.0.1", rule["hostport"]))
+                if kind == socket.SOCK_STREAM:
+                    sock.listen(8)
+            except OSError:
+                sock.close()
+                for other in sockets:
+                    other.close()
+                message = (f"NAT#0: configuration error: failed to set up redirection of "
+                           f"{rule['hostport']} to 10.0.2.15:{rule['guestport']}. Probably a "
+                           f"conflict with existing services or other rules "
+                           f"(VERR_NAT_REDIR_SETUP).")
+                vm_log(machine, message)
+                set_state(machine, "poweroff", "PoweredOff")
+                raise VBoxError(message, NS_ERROR_FAILURE, "ConsoleWrap", "IConsole") from None
+            sockets.append(sock)
+        return sockets
+
+    # ---- controlvm (manual: controlvm; vboxwrapper: pause, resume, poweroff, stop) ----
+    def cmd_controlvm(self, args: list[str]) -> None:
+        opts = Options(args)
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        action = opts.take_positional("action")
+        if machine["state"] not in ONLINE:
+            raise VBoxError(f"Machine '{machine['name']}' is not currently running")
+        pid, start = machine["pid"], machine["pid_start"]
+        if action == "pause":
+            if machine["state"] == "paused":
+                raise VBoxError("Invalid machine state: Paused", VBOX_E_INVALID_VM_STATE,
+                                "ConsoleWrap", "IConsole", "Pause()")
+            os.kill(pid, signal.SIGSTOP)
+            set_state(machine, "paused", "Paused")
+        elif action == "resume":
+            if machine["state"] != "paused":
+                raise VBoxError(f"Invalid machine state: {machine['state'].capitalize()}",
+                                VBOX_E_INVALID_VM_STATE, "ConsoleWrap", "IConsole", "Resume()")
+            os.kill(pid, signal.SIGCONT)
+            set_state(machine, "running", "Running")
+        elif action == "poweroff":
+            set_state(machine, machine["state"], "Stopping")
+            kill_process(pid, start)
+            machine["pid"] = machine["pid_start"] = None
+            set_state(machine, "poweroff", "PoweredOff")
+            self.print(PROGRESS)
+        elif action == "savestate":
+            set_state(machine, machine["state"], "Saving")
+            state_file = self._save_ram(machine)
+            kill_process(pid, start)
+            machine["pid"] = machine["pid_start"] = None
+            machine["saved_state"] = str(state_file)
+            set_state(machine, "saved", "Saved")
+            self.print(PROGRESS)
+        elif action == "acpipowerbutton":
+            if machine["state"] == "paused":
+                raise VBoxError("Invalid machine state: Paused", VBOX_E_INVALID_VM_STATE,
+                                "ConsoleWrap", "IConsole", "PowerButton()")
+            os.kill(pid, signal.SIGUSR1)
+        elif action == "setlinkstate1":
+            state = opts.take_positional("on|off")
+            if state not in ("on", "off"):
+                raise syntax_error(f"Invalid link state '{state}'")
+            machine["settings"]["cableconnected1"] = state
+        elif action == "cpuexecutioncap":
+            value = int(opts.take_positional("percentage"))
+            if not 1 <= value <= 100:
+                raise VBoxError(f"Invalid CPU hot-plug argument '{value}'", E_INVALIDARG)
+            machine["settings"]["cpuexecutioncap"] = str(value)
+        elif action == "natpf1":
+            rule = opts.take_positional("rule")
+            if rule == "delete":
+                rule = "delete " + opts.take_positional("rule name")
+            self._natpf(machine, rule)
+        else:
+            raise syntax_error(f"Invalid parameter '{action}'")
+
+    def _save_ram(self, machine: dict[str, Any]) -> Path:
+        """Copy the VM's guest memory to a saved-state file, as VirtualBox writes
+        ``Snapshots/<timestamp>.sav``; a paused process has a stable copy."""
+        snapshots = Path(machine["folder"]) / "Snapshots"
+        snapshots.mkdir(exist_ok=True)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H-%M-%S-%fZ")
+        target = snapshots / f"{stamp}.sav"
+        was_running = machine["state"] == "running"
+        if was_running:
+            os.kill(machine["pid"], signal.SIGSTOP)
+        try:
+            ram = _read_json(Path(machine["folder"]) / "fake-vm-ram.json") or {
+                "ticks": 0, "guest_clock": 0.0}
+            try:
+                with open(target, "w") as handle:
+                    json.dump(ram, handle)
+                    handle.write(" " * 4096)  # saved states are never tiny
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError:
+                target.unlink(missing_ok=True)
+                raise VBoxError(f"Failed to save the machine state to '{target}' "
+                                "(VERR_DISK_FULL)", VBOX_E_FILE_ERROR, "ConsoleWrap",
+                                "IConsole") from None
+        finally:
+            if was_running:
+                os.kill(machine["pid"], signal.SIGCONT)
+        return target
+
+    # ---- snapshot (manual: snapshot; vboxwrapper: create_snapshot, cleanup_snapshots,
+    # restore_snapshot) ----
+    def cmd_snapshot(self, args: list[str]) -> None:
+        opts = Options(args)
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        action = opts.take_positional("take|delete|restore|restorecurrent|list")
+        if action == "take":
+            name = opts.take_positional("snapshot name")
+            for opt in opts:
+                if opt == "--description":
+                    opts.value(opt)
+                elif opt not in ("--live", "--pause"):
+                    raise syntax_error(f"Unknown option: {opt}")
+            self._snapshot_take(machine, name)
+        elif action == "delete":
+            self._snapshot_delete(machine, opts.take_positional("snapshot name or UUID"))
+        elif action == "restorecurrent":
+            self._snapshot_restore(machine)
+        elif action == "list":
+            machine_readable = "--machinereadable" in opts.args
+            self._snapshot_list(machine, machine_readable)
+        else:
+            raise syntax_error(f"Invalid parameter '{action}'")
+
+    def _snapshot_take(self, machine: dict[str, Any], name: str) -> None:
+        """Take a snapshot: the current disks are frozen and new differencing images
+        in Snapshots/ take the writes; an online VM's memory goes to a .sav file."""
+        snap_uuid = str(uuidlib.uuid4())
+        snapshots_dir = Path(machine["folder"]) / "Snapshots"
+        snapshots_dir.mkdir(exist_ok=True)
+        created: list[Path] = []
+        new_media: dict[str, dict[str, Any]] = {}
+        try:
+            saved = self._save_ram(machine) if machine["state"] in ONLINE else None
+            if saved:
+                created.append(saved)
+            for key, attachment in machine["attachments"].items():
+                if attachment["type"] != "hdd" or not attachment.get("medium"):
+                    continue
+                parent = self.store.registry["media"][attachment["medium"]]
+                diff_uuid = str(uuidlib.uuid4())
+                path = snapshots_dir / f"{{{diff_uuid}}}.vdi"
+                write_vdi(path, parent["logical_size"])
+                created.append(path)
+                new_media[key] = {"uuid": diff_uuid, "location": str(path), "kind": "hdd",
+                                  "format": "VDI", "parent": parent["uuid"],
+                                  "logical_size": parent["logical_size"], "type": "normal"}
+        except VBoxError:
+            for path in created:
+                path.unlink(missing_ok=True)
+            raise
+        frozen = {key: a["medium"] for key, a in machine["attachments"].items()
+                  if key in new_media}
+        for key, medium in new_media.items():
+            self.store.registry["media"][medium["uuid"]] = medium
+            machine["attachments"][key]["medium"] = medium["uuid"]
+            machine["attachments"][key]["location"] = medium["location"]
+        machine["snapshots"].append({
+            "uuid": snap_uuid, "name": name, "parent": machine["current_snapshot"],
+            "saved_state": str(saved) if saved else None, "frozen": frozen,
+            "diffs": {key: m["uuid"] for key, m in new_media.items()},
+            "online": saved is not None})
+        machine["current_snapshot"] = snap_uuid
+        self.print(PROGRESS)
+        self.print(f"Snapshot taken. UUID: {snap_uuid}")
+
+    def _find_snapshot(self, machine: dict[str, Any], ref: str) -> dict[str, Any]:
+        for snap in machine["snapshots"]:
+            if ref in (snap["uuid"], snap["name"]):
+                return snap
+        raise VBoxError(f"Could not find a snapshot named '{ref}'", VBOX_E_OBJECT_NOT_FOUND,
+                        "MachineWrap", "IMachine", "FindSnapshot(Bstr(pszSnapshotName).raw(), "
+                        "pSnapshot.asOutParam())")
+
+    def _snapshot_delete(self, machine: dict[str, Any], ref: str) -> None:
+        """Delete a snapshot by merging its frozen disk into the image that follows it
+        (the images and .sav of that snapshot disappear from Snapshots/)."""
+        snap = self._find_snapshot(machine, ref)
+        children = [s for s in machine["snapshots"] if s["parent"] == snap["uuid"]]
+        if len(children) > 1:
+            raise VBoxError(f"Snapshot '{snap['name']}' of the machine '{machine['name']}' has "
+                            "more than one child snapshot", VBOX_E_INVALID_OBJECT_STATE)
+        for key, frozen_uuid in snap["frozen"].items():
+            diff_uuid = snap["diffs"][key]
+            if frozen_uuid in self._machine_diffs(machine):
+                # The frozen image is one of this VM's differencing images: merge it
+                # into the image that follows it.
+                self._merge_medium(machine, frozen_uuid, into=diff_uuid)
+            else:
+                # The frozen image came from outside (the VM's own disk): merge the
+                # snapshot's differencing image back into it.
+                self._merge_medium(machine, diff_uuid, into=frozen_uuid)
+        if snap.get("saved_state"):
+            Path(snap["saved_state"]).unlink(missing_ok=True)
+        for child in children:
+            child["parent"] = snap["parent"]
+        machine["snapshots"].remove(snap)
+        if machine["current_snapshot"] == snap["uuid"]:
+            machine["current_snapshot"] = snap["parent"]
+        self.print(PROGRESS)
+
+    def _merge_medium(self, machine: dict[str, Any], gone: str, into: str) -> None:
+        """Fold medium ``gone`` into its neighbour ``into`` in the chain: its file is
+        deleted and every reference to it (parent links, attachments, snapshots)
+        moves to ``into``."""
+        media = self.store.registry["media"]
+        if media[into]["parent"] == gone:
+            media[into]["parent"] = media[gone]["parent"]
+        for medium in media.values():
+            if medium["parent"] == gone and medium["uuid"] != into:
+                medium["parent"] = into
+        for attachment in machine["attachments"].values():
+            if attachment.get("medium") == gone:
+                attachment["medium"] = into
+                attachment["location"] = media[into]["location"]
+        for snap in machine["snapshots"]:
+            for table in (snap["frozen"], snap["diffs"]):
+                for key, value in table.items():
+                    if value == gone:
+                        table[key] = into
+        Path(media[gone]["location"]).unlink(missing_ok=True)
+        del media[gone]
+
+    @staticmethod
+    def _machine_diffs(machine: dict[str, Any]) -> set[str]:
+        return {uuid for snap in machine["snapshots"] for uuid in snap["diffs"].values()}
+
+    def _snapshot_restore(self, machine: dict[str, Any]) -> None:
+        if machine["state"] in ONLINE:
+            raise VBoxError("Cannot delete the current state of the running machine (machine "
+                            f"state: {machine['state'].capitalize()})", VBOX_E_INVALID_VM_STATE,
+                            "SessionMachine", "IMachine")
+        if not machine["current_snapshot"]:
+            raise VBoxError("This machine does not have any snapshots")
+        snap = self._find_snapshot(machine, machine["current_snapshot"])
+        self.print(f"Restoring snapshot '{snap['name']}' ({snap['uuid']})")
+        media = self.store.registry["media"]
+        snapshots_dir = Path(machine["folder"]) / "Snapshots"
+        for key, frozen_uuid in snap["frozen"].items():
+            # Throw away the current differencing image and start a fresh one.
+            current = machine["attachments"][key]["medium"]
+            if current != frozen_uuid and not self.store.children(current):
+                Path(media[current]["location"]).unlink(missing_ok=True)
+                del media[current]
+            diff_uuid = str(uuidlib.uuid4())
+            path = snapshots_dir / f"{{{diff_uuid}}}.vdi"
+            write_vdi(path, media[frozen_uuid]["logical_size"])
+            media[diff_uuid] = {"uuid": diff_uuid, "location": str(path), "kind": "hdd",
+                                "format": "VDI", "parent": frozen_uuid,
+                                "logical_size": media[frozen_uuid]["logical_size"],
+                                "type": "normal"}
+            machine["attachments"][key]["medium"] = diff_uuid
+            machine["attachments"][key]["location"] = str(path)
+            snap["diffs"][key] = diff_uuid
+        if machine.get("saved_state"):
+            Path(machine["saved_state"]).unlink(missing_ok=True)
+            machine["saved_state"] = None
+        if snap.get("saved_state") and Path(snap["saved_state"]).exists():
+            copy = snapshots_dir / (Path(snap["saved_state"]).stem + "-current.sav")
+            shutil.copyfile(snap["saved_state"], copy)
+            machine["saved_state"] = str(copy)
+            set_state(machine, "saved")
+        else:
+            set_state(machine, "poweroff")
+        self.print(PROGRESS)
+
+    def _snapshot_list(self, machine: dict[str, Any], machine_readable: bool) -> None:
+        if not machine["snapshots"]:
+            # vboxwrapper: cleanup_snapshots stops on "does not have any snapshots".
+            raise VBoxError("This machine does not have any snapshots")
+        by_parent: dict[str | None, list[dict[str, Any]]] = {}
+        for snap in machine["snapshots"]:
+            by_parent.setdefault(snap["parent"], []).append(snap)
+        order: list[tuple[int, dict[str, Any]]] = []
+
+        def walk(parent: str | None, depth: int) -> None:
+            for snap in by_parent.get(parent, []):
+                order.append((depth, snap))
+                walk(snap["uuid"], depth + 1)
+
+        walk(None, 0)
+        if machine_readable:
+            for index, (_, snap) in enumerate(order):
+                suffix = "" if index == 0 else f"-{index}"
+                self.print(f'SnapshotName{suffix}="{snap["name"]}"')
+                self.print(f'SnapshotUUID{suffix}="{snap["uuid"]}"')
+                if snap["uuid"] == machine["current_snapshot"]:
+                    current = snap
+                    node = f"SnapshotName{suffix}"
+            self.print(f'CurrentSnapshotName="{current["name"]}"')
+            self.print(f'CurrentSnapshotUUID="{current["uuid"]}"')
+            self.print(f'CurrentSnapshotNode="{node}"')
+            return
+        # The indented form vboxwrapper's cleanup_snapshots parses ("(UUID: ...)", "*").
+        for depth, snap in order:
+            mark = " *" if snap["uuid"] == machine["current_snapshot"] else ""
+            self.print(f"{'   ' * (depth + 1)}Name: {snap['name']} (UUID: {snap['uuid']}){mark}")
+
+    # ---- showvminfo (manual: showvminfo; vboxwrapper: poll, is_registered) ----
+    def cmd_showvminfo(self, args: list[str]) -> None:
+        opts = Options(args)
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        log_index = None
+        for opt in opts:
+            if opt == "--log":
+                log_index = int(opts.value(opt))
+            elif opt not in ("--machinereadable", "--details"):
+                raise syntax_error(f"Unknown option: {opt}")
+        if log_index is not None:
+            path = vm_log_path(machine)
+            if log_index:
+                path = path.with_name(f"VBox.log.{log_index}")
+            if not path.exists():
+                raise VBoxError(f"Log file {log_index} does not exist", VBOX_E_FILE_ERROR)
+            self.out.write(path.read_text(errors="replace"))
+            return
+        print_ = self.print
+        print_(f'name="{machine["name"]}"')
+        print_(f'description="{machine["description"]}"')
+        print_(f'ostype="{machine["ostype"]}"')
+        print_(f'UUID="{machine["uuid"]}"')
+        print_(f'CfgFile="{machine["settings_file"]}"')
+        print_(f'LogFldr="{vm_log_path(machine).parent}"')
+        print_(f"memory={machine['memory']}")
+        print_(f"cpus={machine['cpus']}")
+        for key, value in sorted(machine["settings"].items()):
+            print_(f'{key}="{value}"')
+        print_(f'VMState="{machine["state"]}"')
+        print_(f'VMStateChangeTime="{machine["state_change"]}"')
+        for name, ctl in machine["storagectl"].items():
+            index = list(machine["storagectl"]).index(name)
+            print_(f'storagecontrollername{index}="{name}"')
+            print_(f'storagecontrollertype{index}="{ctl.get("controller", ctl["bus"])}"')
+        for key, attachment in sorted(machine["attachments"].items()):
+            print_(f'"{key}"="{attachment["location"]}"')
+            if attachment.get("medium"):
+                controller, port, device = key.rsplit("-", 2)
+                print_(f'"{controller}-ImageUUID-{port}-{device}"="{attachment["medium"]}"')
+        for index, (name, rule) in enumerate(machine["natpf1"].items()):
+            print_(f'Forwarding({index})="{name},{rule["proto"]},{rule["hostip"]},'
+                   f'{rule["hostport"]},{rule["guestip"]},{rule["guestport"]}"')
+        for index, (name, folder) in enumerate(machine["sharedfolders"].items(), 1):
+            print_(f'SharedFolderNameMachineMapping{index}="{name}"')
+            print_(f'SharedFolderPathMachineMapping{index}="{folder["hostpath"]}"')
+        if machine["current_snapshot"]:
+            snap = self._find_snapshot(machine, machine["current_snapshot"])
+            print_(f'CurrentSnapshotName="{snap["name"]}"')
+            print_(f'CurrentSnapshotUUID="{snap["uuid"]}"')
+        if machine.get("saved_state"):
+            print_(f'SnapFldr="{Path(machine["folder"]) / "Snapshots"}"')
+
+    # ---- guestproperty (manual: guestproperty) ----
+    def cmd_guestproperty(self, args: list[str]) -> None:
+        opts = Options(args)
+        action = opts.take_positional("get|set|enumerate|delete")
+        machine = self.store.find_machine(opts.take_positional("VM name"))
+        props = machine["guestproperties"]
+        if action == "get":
+            value = props.get(opts.take_positional("property"))
+            self.print("No value set!" if value is None else f"Value: {value}")
+        elif action == "set":
+            prop = opts.take_positional("property")
+            if opts.args:
+                props[prop] = opts.args.pop(0)
+            else:
+                props.pop(prop, None)
+        elif action in ("unset", "delete"):
+            props.pop(opts.take_positional("property"), None)
+        elif action == "enumerate":
+            for key, value in sorted(props.items()):
+                self.print(f"Name: {key}, value: {value}, timestamp: 0, flags: ")
+        else:
+            raise syntax_error(f"Invalid parameter '{action}'")
+
+
+def main(argv: list[str], env: dict[str, str], out: TextIO, err: TextIO) -> int:
+    """Run one fake VBoxManage invocation; returns the exit status."""
+    args = list(argv)
+    while args and args[0] in ("-q", "--nologo"):
+        args.pop(0)
+    home_text = env.get("VBOX_USER_HOME")
+    if not home_text:
+        err.write("fake VBoxManage: VBOX_USER_HOME must be set (the fake never uses a real "
+                  "VirtualBox home)\n")
+        return 1
+    home = Path(home_text)
+    home.mkdir(parents=True, exist_ok=True)
+    if args[:1] in (["--version"], ["-v"], ["-V"]):
+        # vboxwrapper: get_version_information takes the whole line (e.g. 7.0.14r161095).
+        out.write(env.get("FAKE_VBOX_VERSION", DEFAULT_VERSION) + "\n")
+        return 0
+    if not args:
+        err.write("Usage:\n\nVBoxManage [<general option>] <command>\n")
+        return 2
+    status = 0
+    fault = _take_fault_locked(home, env, args)
+    if fault and fault["fault"] == "hang":
+        time.sleep(float(fault.get("seconds", 3600)))
+    try:
+        with open(home / "fake-VirtualBox.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if fault and fault["fault"] not in ("hang", "start_error", "crash_after_start"):
+                raise_fault(fault, args)
+            fake = FakeVBoxManage(home, env, out)
+            if fault and fault["fault"] == "start_error":
+                fake._start_fault = fault
+            fake.crash_after_start = bool(fault and fault["fault"] == "crash_after_start")
+            fake.run(args)
+    except VBoxError as error:
+        out.flush()
+        err.write(error.text)
+        status = error.status
+    with open(home / "fake-calls.jsonl", "a") as calls:
+        calls.write(json.dumps({"argv": argv, "status": status, "time": time.time()}) + "\n")
+    return status
+
+
+def _take_fault_locked(home: Path, env: dict[str, str], args: list[str]) -> dict | None:
+    with open(home / "fake-faults.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _take_fault(home, env, args)
