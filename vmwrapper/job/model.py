@@ -110,7 +110,13 @@ class GuestFile:
 
 @dataclass(frozen=True)
 class Task:
-    """``<task>``: one program, run in order (BOINC wrapper semantics) in the guest or on the host."""
+    """``<task>``: one program, run in order (BOINC wrapper semantics) in the guest or on the host.
+
+    ``application`` is, for a host task, the logical name of an app-version file
+    (as in BOINC's wrapper); for a guest task, a program in the guest (a path,
+    or a name on the guest's PATH). File names are relative to the slot (host)
+    or to the guest's work directory (guest). Daemons may run in either place.
+    """
 
     application: str = option("", Text("a program name", "worker", nonempty=True),
                               "logical name of the program to run", required=True)

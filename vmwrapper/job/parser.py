@@ -110,7 +110,7 @@ class _Reader:
         try:
             root = read_xml(data)
         except XmlReadError as exc:
-            self.error(exc.line, "XML", f"{exc.message}.", "fix the XML syntax at that line")
+            self.error(exc.line, "XML", f"{exc.message}.", exc.fix)
             return None
         if root.tag not in ROOT_ELEMENTS:
             self.error(root.line, f"<{root.tag}>", "is not a job description root element.",

@@ -32,10 +32,11 @@ class XmlElement:
 class XmlReadError(Exception):
     """The bytes are not a well-formed, DTD-free XML document of bounded size."""
 
-    def __init__(self, line: int | None, message: str) -> None:
+    def __init__(self, line: int | None, message: str, fix: str) -> None:
         super().__init__(message)
         self.line = line
         self.message = message
+        self.fix = fix
 
 
 class _Refused(Exception):
@@ -49,7 +50,7 @@ def read_xml(data: bytes) -> XmlElement:
     """
     if len(data) > MAX_JOB_FILE_BYTES:
         raise XmlReadError(None, f"the file has {len(data)} bytes; a job file has at most "
-                                 f"{MAX_JOB_FILE_BYTES}")
+                                 f"{MAX_JOB_FILE_BYTES}", "give the right file")
     parser = expat.ParserCreate()
     stack: list[XmlElement] = []
     roots: list[XmlElement] = []
@@ -84,8 +85,11 @@ def read_xml(data: bytes) -> XmlElement:
     try:
         parser.Parse(data, True)
     except _Refused as exc:
-        raise XmlReadError(parser.CurrentLineNumber, str(exc)) from None
+        raise XmlReadError(parser.CurrentLineNumber, str(exc),
+                           "remove the <!DOCTYPE ...> block and write values directly") from None
     except expat.ExpatError as exc:
-        raise XmlReadError(exc.lineno, f"not well-formed XML: {expat.ErrorString(exc.code)} "
-                                       f"(column {exc.offset + 1})") from None
+        raise XmlReadError(exc.lineno, f"malformed XML: {expat.ErrorString(exc.code)} "
+                                       f"(column {exc.offset + 1})",
+                           "correct the XML at that line (note: '--' is not allowed inside "
+                           "<!-- comments -->)") from None
     return roots[0]
