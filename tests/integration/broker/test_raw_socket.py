@@ -1,0 +1,192 @@
+"""Raw-socket tests: byte-level splits, authorisation, limits, heart-beat loss."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.integration.broker.conftest import MAX_FRAME
+from vmcontroller import destinations
+from vmcontroller.broker.blocking_client import BlockingClient, BrokerRefused
+from vmcontroller.stomp.codec import Frame, encode_frame
+
+
+def session_bytes(login, vm_id: str, version: str = "1.2") -> bytes:
+    """CONNECT, SUBSCRIBE to own queue, SEND to it... as one byte stream, with EOLs."""
+    frames = [
+        Frame(
+            "CONNECT",
+            {
+                "accept-version": version,
+                "host": "localhost",
+                "login": login.login,
+                "passcode": login.passcode,
+            },
+        ),
+        Frame("SUBSCRIBE", {"destination": destinations.to_guest(vm_id), "id": "s:1"}),
+        Frame("SEND", {"destination": destinations.to_host(vm_id), "url": "a:b:c"}, b"\x00x\x00"),
+        Frame("BEGIN", {"transaction": "t", "receipt": "done"}),
+    ]
+    # stomper-style "\x00\n" endings and a CRLF heart-beat between frames
+    return b"\n".join(encode_frame(f, version) for f in frames) + b"\r\n"
+
+
+def expect_receipt(client: BlockingClient) -> None:
+    frames = [client.receive(), client.receive()]
+    assert [f.command for f in frames] == ["CONNECTED", "RECEIPT"]
+    assert frames[1].headers["receipt-id"] == "done"
+
+
+def test_one_byte_at_a_time(raw, credentials):
+    data = session_bytes(credentials.vm_login("a1"), "a1")
+    client = raw()
+    for i in range(len(data)):
+        client.send_bytes(data[i : i + 1])
+    expect_receipt(client)
+
+
+def test_split_at_every_byte_boundary(raw, credentials, broker):
+    """Each split position on its own connection: two writes, a pause between them."""
+    data = session_bytes(credentials.vm_login("c3"), "c3", "1.1")
+    for cut in range(1, len(data)):
+        client = raw("1.1")
+        client.send_bytes(data[:cut])
+        time.sleep(0.0005)  # let the broker read the first part on its own
+        client.send_bytes(data[cut:])
+        expect_receipt(client)
+        client.close()
+    # what the agent sent arrived intact, once per connection
+    host = raw()
+    host.connect(credentials.host_login().login, credentials.host_login().passcode)
+    host.subscribe(destinations.to_host("c3"))
+    bodies = [host.receive(timeout=5).body for _ in range(len(data) - 1)]
+    assert set(bodies) == {b"\x00x\x00"}
+
+
+def test_vm_cannot_touch_other_vms_destinations(raw, credentials):
+    login = credentials.vm_login("a1")
+    refused = [
+        Frame("SUBSCRIBE", {"destination": destinations.to_guest("b2"), "id": "x"}),
+        Frame("SUBSCRIBE", {"destination": destinations.to_host("a1"), "id": "x"}),
+        Frame("SUBSCRIBE", {"destination": destinations.PRESENCE, "id": "x"}),
+        Frame("SUBSCRIBE", {"destination": "/queue/anything", "id": "x"}),
+        Frame("SEND", {"destination": destinations.to_host("b2")}, b"forged"),
+        Frame("SEND", {"destination": destinations.to_guest("b2")}, b"forged"),
+        Frame("SEND", {"destination": destinations.to_guest("a1")}, b"to myself"),
+    ]
+    for frame in refused:
+        client = raw()
+        client.connect(login.login, login.passcode)
+        client.send_frame(frame)
+        with pytest.raises(BrokerRefused, match="may not"):
+            client.receive()
+        with pytest.raises(ConnectionError):
+            client.receive()  # and the connection is closed
+    # what it may do still works
+    client = raw()
+    client.connect(login.login, login.passcode)
+    client.subscribe(destinations.to_guest("a1"), "mine")
+    client.send(destinations.to_host("a1"), b"reply")
+    client.send(destinations.PRESENCE, b"hello")
+    assert client.sync() == []
+
+
+@pytest.mark.parametrize(
+    "login, passcode",
+    [("vm-a1", "wrong"), ("nobody", "x"), (None, None)],
+)
+def test_bad_logins_get_error_and_close(raw, credentials, login, passcode):
+    client = raw()
+    headers = {"accept-version": "1.2", "host": "localhost"}
+    if login is not None:
+        headers.update(login=login, passcode=passcode)
+    client.send_frame(Frame("CONNECT", headers))
+    with pytest.raises(BrokerRefused, match="authentication failed"):
+        client.receive()
+    with pytest.raises(ConnectionError):
+        client.receive()
+
+
+def test_commands_before_connect_refused(raw):
+    client = raw()
+    client.send_frame(Frame("SEND", {"destination": destinations.PRESENCE}, b"x"))
+    with pytest.raises(BrokerRefused, match="CONNECT"):
+        client.receive()
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_oversized_frame_rejected_others_keep_going(raw, credentials, announced):
+    host_login, vm_login = credentials.host_login(), credentials.vm_login("d4")
+    bystander = raw()
+    bystander.connect(host_login.login, host_login.passcode)
+    bystander.subscribe(destinations.to_host("d4"), "b")
+    big = raw()
+    big.connect(vm_login.login, vm_login.passcode)
+    body = b"y" * (MAX_FRAME + 10)
+    frame = encode_frame(Frame("SEND", {"destination": destinations.to_host("d4")}, body))
+    if not announced:  # no content-length: the body runs to the NUL
+        frame = frame.replace(f"content-length:{len(body)}\n".encode(), b"")
+    try:
+        big.send_bytes(frame)
+    except OSError:
+        pass  # the broker may close before we finish writing
+    error = big.receive_any(timeout=5)
+    assert error.command == "ERROR"
+    assert error.headers["code"] in ("frame-too-large", "headers-too-large")
+    with pytest.raises((ConnectionError, OSError)):
+        big.receive_any(timeout=5)
+    # the broker still serves the others
+    sender = raw()
+    sender.connect(vm_login.login, vm_login.passcode)
+    sender.send(destinations.to_host("d4"), b"still here")
+    assert bystander.receive(timeout=5).body == b"still here"
+
+
+def test_malformed_frame_gets_error(raw, credentials):
+    login = credentials.vm_login("a1")
+    client = raw()
+    client.connect(login.login, login.passcode)
+    client.send_bytes(b"SEND\ndestination\n\nbody\x00")
+    with pytest.raises(BrokerRefused, match="without ':'"):
+        client.receive()
+
+
+def test_missed_client_heartbeats_close_connection(raw, credentials):
+    login = credentials.host_login()
+    client = raw("1.2")
+    connected = client.connect(login.login, login.passcode, heartbeat=(50, 0))
+    assert connected.headers["heart-beat"] == "50,50"
+    started = time.monotonic()
+    with pytest.raises(ConnectionError):
+        while True:  # we send nothing: the broker must hang up within ~2 intervals
+            client.receive_any(timeout=5)
+    assert time.monotonic() - started < 2
+
+
+def test_broker_heartbeats_when_idle(broker, credentials):
+    login = credentials.host_login()
+    sock = socket.create_connection(broker.address)
+    try:
+        sock.sendall(
+            encode_frame(
+                Frame(
+                    "CONNECT",
+                    {
+                        "accept-version": "1.2",
+                        "host": "x",
+                        "login": login.login,
+                        "passcode": login.passcode,
+                        "heart-beat": "0,50",
+                    },
+                )
+            )
+        )
+        time.sleep(0.4)
+        data = sock.recv(65536)
+        newlines_after_connected = data.split(b"\x00", 1)[1]
+        assert newlines_after_connected.count(b"\n") >= 3
+        assert set(newlines_after_connected) == {ord("\n")}
+    finally:
+        sock.close()
