@@ -513,8 +513,10 @@ class RequestTracker:
     only that VM's requests are failed.
     """
 
-    def __init__(self) -> None:
-        self._ids = itertools.count(1)
+    def __init__(self, first: int = 1) -> None:
+        # A host that restarts should not reuse the ids of its previous run
+        # (the agent drops repeated ids as redeliveries): pass a random first id.
+        self._ids = itertools.count(first)
         self._pending: dict[int, tuple[defer.Deferred[Any], str | None]] = {}
 
     def new(self, key: str | None = None) -> tuple[int, defer.Deferred[Any]]:
@@ -523,6 +525,10 @@ class RequestTracker:
         deferred: defer.Deferred[Any] = defer.Deferred()
         self._pending[seq] = (deferred, key)
         return seq, deferred
+
+    def reserve(self) -> int:
+        """A fresh id for a request answered outside the tracker (file transfers)."""
+        return next(self._ids)
 
     def __contains__(self, seq: object) -> bool:
         return seq in self._pending
