@@ -26,7 +26,7 @@ from vmwrapper.job.model import (
     Task,
     xml_fields,
 )
-from vmwrapper.job.values import BadValue, Flag, Kind
+from vmwrapper.job.values import BadValue, Flag, Kind, LogicalName
 from vmwrapper.job.xmltree import XmlElement, XmlReadError, read_xml
 
 #: Files vboxwrapper reads from or writes to the shared directory.
@@ -161,8 +161,7 @@ class _Reader:
         before = len(self.errors)
         lines: dict[str, int] = {}
         if cls is GuestFile and not element.children and element.text.strip():
-            value = self.read_value(element, GuestFile.__dataclass_fields__["logical_name"]
-                                    .metadata["kind"])
+            value = self.read_value(element, LogicalName())
             if value is _INVALID:
                 return _INVALID
             return GuestFile(logical_name=value, guest_path=value, line=element.line)
@@ -283,8 +282,8 @@ class _Reader:
     def check_ports(self, job: JobDescription) -> None:
         seen: dict[int, int] = {}
         for forward in job.port_forward:
-            if forward.host_port + max(forward.nports, 1) - 1 > 65535 or \
-                    forward.guest_port + max(forward.nports, 1) - 1 > 65535:
+            last_host, last_guest = forward.ports()[-1]
+            if max(last_host, last_guest) > 65535:
                 self.error(forward.line, "<port_forward>",
                            f"{forward.nports} ports from {forward.host_port}/{forward.guest_port} "
                            "run past port 65535.", "lower <nports> or the first port")
