@@ -41,6 +41,9 @@ from vmwrapper.job.values import (
 #: Accepted root elements (see the module docstring).
 ROOT_ELEMENTS = ("vm_job", "vbox_job", "job_desc")
 
+#: Elements vboxwrapper once read and has dropped: old files still load, with a warning.
+RETIRED_ELEMENTS = {"enable_gbac": "vboxwrapper removed GBAC support in 2025"}
+
 #: BOINC's process priorities for ``<task><priority>`` (``lib/common_defs.h``).
 PRIORITY_NAMES = {1: "lowest", 2: "low", 3: "normal", 4: "high", 5: "highest"}
 

@@ -19,6 +19,7 @@ from typing import Any
 from vmwrapper.job.issues import JobFileError, JobIssue
 from vmwrapper.job.model import (
     MIN_MEMORY_SIZE_MB,
+    RETIRED_ELEMENTS,
     ROOT_ELEMENTS,
     VRAM_RANGE_MB,
     GuestFile,
@@ -199,6 +200,10 @@ class _Reader:
                        "job files use child elements only.", "remove the attributes")
 
     def unknown(self, element: XmlElement, parent: str, allowed: list[str]) -> None:
+        if parent in ROOT_ELEMENTS and element.tag in RETIRED_ELEMENTS:
+            self.warn(element.line, f"<{element.tag}>",
+                      f"is ignored: {RETIRED_ELEMENTS[element.tag]}.", "remove it")
+            return
         close = difflib.get_close_matches(element.tag, allowed, n=1, cutoff=0.75)
         if close:
             fix = f"did you mean <{close[0]}>?"

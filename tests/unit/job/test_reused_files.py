@@ -139,3 +139,10 @@ def test_the_top_level_sample_job_xml_is_valid_for_every_driver():
     assert job.task and all(task.where == "guest" for task in job.task)
     assert [f.logical_name for f in job.copy_to_guest] == ["in"]
     assert [f.logical_name for f in job.copy_from_guest] == ["out"]
+
+
+def test_a_retired_vboxwrapper_element_is_ignored_with_a_warning():
+    loaded = parse("<enable_gbac/>", root="vbox_job")
+    (warning,) = loaded.warnings
+    assert (warning.line, warning.element, warning.severity) == (2, "<enable_gbac>", "warning")
+    assert "removed" in warning.message
