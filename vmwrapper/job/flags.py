@@ -24,7 +24,7 @@ PASSTHROUGH = "--passthrough_child"
 
 @dataclass(frozen=True)
 class FlagSpec:
-    """One flag: the :class:`AppFlags` field it sets, its value kind (None = switch), its meaning."""
+    """One flag: the :class:`AppFlags` field it sets, its value kind (None: a switch)."""
 
     field: str
     kind: Kind | None

@@ -202,8 +202,8 @@ class JobDescription:
         "disk controller chip")
     vm_graphics_controller_type: str = option(
         "VBoxVGA", Choice(("VBoxVGA", "VMSVGA", "VBoxSVGA", "QXL", "none")), "graphics adapter")
-    job_duration: float = option(0.0, _SECONDS, "elapsed time after which the job is done (0 = none)")
-    minimum_checkpoint_interval: float = option(600.0, _SECONDS, "floor for the checkpoint interval")
+    job_duration: float = option(0.0, _SECONDS, "elapsed time that ends the job (0 = none)")
+    minimum_checkpoint_interval: float = option(600.0, _SECONDS, "least time between checkpoints")
     minimum_heartbeat_interval: float = option(600.0, Number("seconds", minimum=None, above=0.0),
                                                "the heartbeat file must change this often")
     fraction_done_filename: str = option("", _SHARED_FILE, "guest-written progress file")

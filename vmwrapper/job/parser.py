@@ -255,7 +255,8 @@ class _Reader:
         if job.share_slot_dir and job.enable_shared_directory:
             self.error(line("share_slot_dir"), "<share_slot_dir>",
                        "cannot be combined with <enable_shared_directory> "
-                       f"(line {line('enable_shared_directory')}): both share a folder as 'shared'.",
+                       f"(line {line('enable_shared_directory')}): both share a folder "
+                       "as 'shared'.",
                        "keep only one of them")
         if job.copy_to_shared and job.share_slot_dir:
             self.error(line("copy_to_shared"), "<copy_to_shared>",

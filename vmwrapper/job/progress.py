@@ -61,7 +61,7 @@ def read_fraction_done(path: str | pathlib.Path) -> float | None:
 
 
 def overall_fraction_done(tasks: Sequence[Task], completed: int, current: float = 0.0) -> float:
-    """The job's fraction done when *completed* work tasks are finished and the next is at *current*.
+    """The job's fraction done: *completed* work tasks finished, the next one at *current*.
 
     Daemons carry no weight; *completed* counts non-daemon tasks in order.
 

@@ -148,7 +148,8 @@ def test_every_vboxwrapper_element_is_exercised_below():
 def test_each_vboxwrapper_element_is_read(body, name, value):
     loaded = parse(body, "vbox_job")
     assert getattr(loaded.job, name) == value
-    others = {n: d for n, d in VBOX_DEFAULTS.items() if f"<{n}>" not in body and f"<{n}/>" not in body}
+    others = {n: d for n, d in VBOX_DEFAULTS.items()
+              if f"<{n}>" not in body and f"<{n}/>" not in body}
     assert {n: getattr(loaded.job, n) for n in others} == others
 
 
