@@ -15,6 +15,7 @@ Field names are the client's tag names, so the file and the code read alike.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class HostInfo:
     virtualbox_version: str = ""
     domain_name: str = ""
     ip_addr: str = ""
+    host_cpid: str = ""
+    timezone: int = 0
 
 
 @dataclass
@@ -110,13 +113,18 @@ class InitData:
     computation_deadline: float = 0.0
     vm_extensions_disabled: bool = False
     using_sandbox: bool = False
+    no_priority_change: bool = False
+    resource_share_fraction: float = 0.0
     user_total_credit: float = 0.0
+    user_expavg_credit: float = 0.0
     host_total_credit: float = 0.0
     host_expavg_credit: float = 0.0
     host_info: HostInfo = field(default_factory=HostInfo)
     global_prefs: GlobalPrefs = field(default_factory=GlobalPrefs)
     #: the project's per-user preferences, as raw XML (the project defines them)
     project_preferences: str = ""
+    #: the app version's files (``<app_file>``), in file order
+    app_files: list[str] = field(default_factory=list)
 
     @property
     def effective_checkpoint_period(self) -> float:
@@ -145,9 +153,17 @@ def _parse_int(text: str) -> int:
         return int(number)
 
 
+def _parse_float(text: str) -> float:
+    # float() accepts "nan" and "inf"; no field of ours may hold them.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 _CONVERTERS: dict[str, tuple[Any, str]] = {
     "int": (_parse_int, "an integer"),
-    "float": (float, "a number"),
+    "float": (_parse_float, "a finite number"),
     "bool": (_parse_bool, "0 or 1"),
     "str": (str, "text"),
 }
@@ -191,6 +207,7 @@ def parse_init_data(data: bytes) -> InitData:
     project_prefs = root.find("project_preferences")
     if project_prefs is not None:
         init.project_preferences = ET.tostring(project_prefs, encoding="unicode")
+    init.app_files = [(e.text or "").strip() for e in root.findall("app_file")]
     if not 0.0 <= init.fraction_done_start <= init.fraction_done_end <= 1.0:
         raise InitDataError(
             f"{INIT_DATA_FILE}: fraction_done_start {init.fraction_done_start} and "

@@ -156,6 +156,9 @@ class BoincRuntime:
         #: cumulative CPU seconds at the last checkpoint (sent in every status)
         self.checkpoint_cpu_time = 0.0
 
+        #: wu_cpu_time as of this episode's start; later rewrites of init_data.xml
+        #: (older clients put the latest checkpoint's CPU time there) must not count twice
+        self._episode_start_cpu_time = 0.0
         self._shmem: SharedMemory | None = None
         self._trickles: TrickleUpQueue | None = None
         self._loop: task.LoopingCall | None = None
@@ -198,12 +201,15 @@ class BoincRuntime:
         self._trickles = TrickleUpQueue(self.slot_dir, self._shmem)
         self.init_data = init_data
         self.standalone = False
-        self.checkpoint_cpu_time = init_data.wu_cpu_time
+        self.checkpoint_cpu_time = self._episode_start_cpu_time = init_data.wu_cpu_time
         return init_data
 
     def start(self) -> None:
-        """Run the status loop every second on the clock (first pass now)."""
-        if self._loop is not None and self._loop.running:
+        """Run the status loop every second on the clock (first pass now).
+
+        Standalone there is nothing to talk to, and no loop is started.
+        """
+        if self.standalone or (self._loop is not None and self._loop.running):
             return
         self._take_trickle_downs()
         self._loop = task.LoopingCall(self._tick)
@@ -220,7 +226,7 @@ class BoincRuntime:
 
     def current_cpu_time(self) -> float:
         """Cumulative CPU seconds of the task: earlier episodes + this one."""
-        return self.init_data.wu_cpu_time + self._cpu_time()
+        return self._episode_start_cpu_time + self._cpu_time()
 
     def reported_fraction_done(self) -> float:
         """:attr:`fraction_done` mapped into ``[fraction_done_start, fraction_done_end]``."""
