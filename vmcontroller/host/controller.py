@@ -116,7 +116,7 @@ class VMStatus:
 
     vm_id: str
     hello: Hello | None = None
-    last_seen: float = 0.0
+    last_seen: float | None = None  # clock time of the last message from it
     heartbeat_interval: float = 10.0
     running: int = 0
     lost: bool = False
@@ -125,7 +125,7 @@ class VMStatus:
 
     @property
     def alive(self) -> bool:
-        return not self.lost and not self.gone and self.last_seen > 0
+        return not self.lost and not self.gone and self.last_seen is not None
 
 
 class CommandDeferred(defer.Deferred):  # type: ignore[type-arg]
