@@ -195,7 +195,9 @@ def parse_init_data(data: bytes) -> InitData:
     """
     root = parse_xml(data, INIT_DATA_FILE, InitDataError)
     if root.tag != "app_init_data":
-        raise InitDataError(f"{INIT_DATA_FILE}: root element is <{root.tag}>, expected <app_init_data>")
+        raise InitDataError(
+            f"{INIT_DATA_FILE}: root element is <{root.tag}>, expected <app_init_data>"
+        )
     init = InitData()
     _fill(init, root, "")
     host = root.find("host_info")
@@ -224,5 +226,7 @@ def read_init_data(path: str | pathlib.Path) -> InitData:
     try:
         data = pathlib.Path(path).read_bytes()
     except OSError as exc:
-        raise InitDataError(f"{INIT_DATA_FILE}: cannot read {path}: {exc.strerror or exc}") from None
+        raise InitDataError(
+            f"{INIT_DATA_FILE}: cannot read {path}: {exc.strerror or exc}"
+        ) from None
     return parse_init_data(data)

@@ -60,7 +60,9 @@ def test_unknown_tags_are_skipped_and_missing_ones_keep_defaults():
 
 
 def test_checkpoint_period_zero_means_300():
-    assert parse_init_data(captured_init_data(checkpoint_period=0)).effective_checkpoint_period == 300
+    assert (
+        parse_init_data(captured_init_data(checkpoint_period=0)).effective_checkpoint_period == 300
+    )
     assert InitData(checkpoint_period=42).effective_checkpoint_period == 42
 
 
@@ -105,10 +107,19 @@ def test_wrong_type_names_the_field(tag, text, expected):
     ("data", "expected"),
     [
         (b"", "init_data.xml: malformed XML: no element found"),
-        (b"<app_init_data>\n<hostid>42</hostid>\n", "init_data.xml: malformed XML: no element found"),
-        (b"<app_init_data><hostid>4</slot></app_init_data>", "init_data.xml: malformed XML: mismatched tag"),
+        (
+            b"<app_init_data>\n<hostid>42</hostid>\n",
+            "init_data.xml: malformed XML: no element found",
+        ),
+        (
+            b"<app_init_data><hostid>4</slot></app_init_data>",
+            "init_data.xml: malformed XML: mismatched tag",
+        ),
         (b"\x00\x01garbage", "init_data.xml: malformed XML"),
-        (b"<scheduler_reply/>", "init_data.xml: root element is <scheduler_reply>, expected <app_init_data>"),
+        (
+            b"<scheduler_reply/>",
+            "init_data.xml: root element is <scheduler_reply>, expected <app_init_data>",
+        ),
         (
             b'<!DOCTYPE a [<!ENTITY e "x">]><app_init_data>&e;</app_init_data>',
             "init_data.xml: document type declarations and entities are not allowed",

@@ -117,5 +117,7 @@ def test_short_file(tmp_path):
 
 def test_unopenable_file(tmp_path):
     (tmp_path / "boinc_mmap_file").mkdir()
-    with pytest.raises(SharedMemoryError, match="cannot open the shared memory file .*Is a directory"):
+    with pytest.raises(
+        SharedMemoryError, match="cannot open the shared memory file .*Is a directory"
+    ):
         SharedMemory.open(tmp_path / "boinc_mmap_file")
