@@ -43,7 +43,11 @@ class BadDatabaseURL(ValueError):
 
 @dataclass(frozen=True)
 class DatabaseURL:
-    """Where the project database is: ``mysql://user:pw@host:port/db`` or ``sqlite:///path``."""
+    """Where the project database is: ``mysql://user:pw@host:port/db`` or ``sqlite:///path``.
+
+    SQLite paths follow SQLAlchemy: ``sqlite:///rel.db`` is relative, ``sqlite:////abs.db``
+    absolute.
+    """
 
     scheme: str  # "mysql" or "sqlite"
     database: str  # db name, or the file path for sqlite
@@ -55,7 +59,7 @@ class DatabaseURL:
     def redacted(self) -> str:
         """The URL without its password, for logs."""
         if self.scheme == "sqlite":
-            return f"sqlite:///{self.database}"
+            return f"sqlite:///{self.database}"  # an absolute path gives the four slashes
         return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
 
 
@@ -86,7 +90,8 @@ def parse_database_url(url: str) -> DatabaseURL:
             raise BadDatabaseURL(
                 f"--db {url!r}: a sqlite URL has three slashes and a path; {forms}"
             )
-        return DatabaseURL("sqlite", parts.path if parts.path != "/:memory:" else ":memory:")
+        # As SQLAlchemy spells it: sqlite:///relative.db, sqlite:////absolute/path.db
+        return DatabaseURL("sqlite", parts.path[1:])
     raise BadDatabaseURL(f"--db {url!r}: unknown scheme {parts.scheme!r}; {forms}")
 
 

@@ -1,0 +1,182 @@
+"""The daemon loop on a real SQLite file, driven by a task.Clock: stops, sleeps, retries."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from twisted.internet.task import Clock
+
+from trickle_handler import schema, seed
+from trickle_handler.batch import BatchHandler
+from trickle_handler.boinclog import BoincLog
+from trickle_handler.credit import cobblestones
+from trickle_handler.daemon import Daemon
+from trickle_handler.db import SQLiteDatabase, parse_database_url
+from trickle_handler.rules import Policy
+
+SENT = 1_700_000_000
+
+
+def fill(db, n_results: int = 10, per_result: int = 3) -> None:
+    """n_results results on 2 hosts, each with per_result hourly cumulative trickles."""
+    db.begin()
+    seed.add_teams(db, [1])
+    seed.add_users(db, [(1, 1)])
+    seed.add_hosts(db, [(1, 1, 1, 1e9), (2, 1, 1, 1e9)])
+    seed.add_results(db, [(r, f"wu{r}_0", 1 + r % 2, 1, SENT) for r in range(1, n_results + 1)])
+    messages = [
+        seed.StoredMessage(
+            SENT + 3600 * k,
+            1 + r % 2,
+            "cpu_time",
+            seed.scheduler_xml(
+                f"wu{r}_0", SENT + 3600 * k, f"<cpu_time>{3600.0 * k:f}</cpu_time>\n"
+            ),
+        )
+        for k in range(1, per_result + 1)
+        for r in range(1, n_results + 1)
+    ]
+    seed.store_messages(db, messages)
+    db.commit()
+
+
+@pytest.fixture
+def project(tmp_path):
+    url = parse_database_url(f"sqlite:///{tmp_path}/project.db")
+    db = SQLiteDatabase(url)
+    db.connect()
+    schema.create_tables(db)
+    yield url, db
+    db.close()
+
+
+def make_daemon(url, clock, batch_size=5, **kwargs):
+    out = io.StringIO()
+    log = BoincLog(3, out, clock=clock.seconds)
+    db = SQLiteDatabase(url, busy_timeout=kwargs.pop("busy_timeout", 10))
+    handler = BatchHandler(db, clock.seconds, policy=Policy(max_runtime=1e6), batch_size=batch_size)
+    return Daemon(clock, handler, log, **kwargs), out
+
+
+def handled(db) -> int:
+    return db.query("SELECT COUNT(*) FROM msg_from_host WHERE handled <> 0")[0][0]
+
+
+def results_of(d):
+    status = []
+    d.addCallback(status.append)
+    return status
+
+
+def test_one_pass_on_an_empty_queue_exits_0(project):
+    url, _ = project
+    clock = Clock()
+    daemon, out = make_daemon(url, clock, one_pass=True)
+    status = results_of(daemon.run())
+    clock.advance(0)
+    clock.advance(0)
+    assert status == [0]
+    assert "--one_pass: queue empty" in out.getvalue()
+
+
+def test_one_pass_credits_everything_in_batches(project):
+    url, db = project
+    fill(db)
+    clock = Clock()
+    daemon, out = make_daemon(url, clock, one_pass=True)
+    status = results_of(daemon.run())
+    for _ in range(20):
+        clock.advance(0)
+    assert status == [0]
+    assert handled(db) == 30 and daemon.batches == 6
+    expected = 5 * cobblestones(3 * 3600, 1e9)
+    hosts = db.query("SELECT total_credit FROM host ORDER BY id")
+    assert [h[0] for h in hosts] == [pytest.approx(expected)] * 2
+    assert db.query("SELECT total_credit FROM team")[0][0] == pytest.approx(2 * expected)
+    assert out.getvalue().count("batch: 5 messages, 5 credited") == 6
+
+
+def test_stop_request_takes_effect_after_the_batch_in_progress(project):
+    url, db = project
+    fill(db)
+    clock = Clock()
+    daemon, out = make_daemon(url, clock)
+    seen = []
+
+    def signal_during_first_batch(msg, *_):
+        seen.append(msg.id)
+        daemon.stop("SIGTERM")
+
+    daemon.handler.message_log = signal_during_first_batch
+    status = results_of(daemon.run())
+    clock.advance(0)
+    assert status == [0]
+    assert handled(db) == 5 == len(seen)  # the batch in progress was finished, no other started
+    assert "stopping (SIGTERM)" in out.getvalue()
+
+
+def test_stop_daemons_file_stops_it_while_sleeping_within_a_second(project, tmp_path):
+    url, db = project
+    clock = Clock()
+    stop_file = tmp_path / "stop_daemons"
+    daemon, _ = make_daemon(url, clock, sleep=60, stop_file=stop_file)
+    status = results_of(daemon.run())
+    clock.advance(0)
+    clock.advance(0)
+    clock.advance(5)
+    assert status == []
+    stop_file.write_text("<stop/>")
+    clock.advance(1)
+    assert status == [0]
+
+
+def test_sleeps_when_idle_then_handles_new_messages(project):
+    url, db = project
+    clock = Clock()
+    daemon, _ = make_daemon(url, clock, sleep=5)
+    status = results_of(daemon.run())
+    clock.advance(0)
+    clock.advance(0)
+    fill(db, n_results=2, per_result=1)
+    clock.pump([1, 1, 1, 1])
+    assert handled(db) == 0
+    clock.advance(1)
+    assert handled(db) == 2
+    daemon.stop("SIGHUP")
+    clock.advance(0)
+    assert status == [0]
+
+
+def test_unreachable_database_is_retried_with_backoff(tmp_path):
+    url = parse_database_url(f"sqlite:///{tmp_path}/not_yet/project.db")
+    clock = Clock()
+    daemon, out = make_daemon(url, clock, one_pass=True, create_tables=True)
+    status = results_of(daemon.run())
+    clock.advance(0)
+    for delay in (1, 2, 4):
+        assert f"retry in {delay}s" in out.getvalue()
+        clock.advance(delay)
+    (tmp_path / "not_yet").mkdir()
+    clock.advance(8)
+    clock.advance(0)
+    assert status == [0]
+    assert "created missing tables" in out.getvalue()
+
+
+def test_lock_conflict_rolls_back_and_retries(project):
+    url, db = project
+    fill(db, n_results=2, per_result=1)
+    blocker = SQLiteDatabase(url)
+    blocker.connect()
+    blocker.begin()  # another writer holds the database
+    clock = Clock()
+    daemon, out = make_daemon(url, clock, one_pass=True, busy_timeout=0.01)
+    status = results_of(daemon.run())
+    clock.advance(0)
+    clock.advance(0)
+    assert "batch rolled back" in out.getvalue() and status == []
+    blocker.rollback()
+    blocker.close()
+    clock.pump([1] * 5)
+    assert status == [0] and handled(db) == 2
