@@ -713,7 +713,7 @@ class FakeVBoxManage:
         "--draganddrop", "--hwvirtex", "--vram", "--graphicscontroller", "--cpuexecutioncap",
         "--paravirtprovider", "--rtcuseutc", "--nestedpaging", "--largepages", "--pae",
         "--longmode", "--vrde", "--vrdeport", "--vrdeextpack", "--vrdeauthlibrary",
-        "--vrdeauthtype", "--nictype1", "--bridgeadapter1", "--uartmode1", "--firmware",
+        "--vrdeauthtype", "--nictype1", "--bridgeadapter1", "--firmware",
     }
     _MODIFY_OPTIONS_7 = {
         "--cable-connected1", "--nat-dns-proxy1", "--nat-dns-host-resolver1", "--audio-driver",
@@ -737,6 +737,17 @@ class FakeVBoxManage:
                 machine["cpus"] = int(opts.value(opt))
             elif opt == "--description":
                 machine["description"] = opts.value(opt)
+            elif opt in ("--uart1", "--uart-1"):
+                # manual: --uart<N> off | <I/O base> <IRQ>
+                first = opts.value(opt)
+                machine["settings"]["uart1"] = first if first == "off" else \
+                    f"{first.lower()},{opts.value(opt)}"
+            elif opt in ("--uartmode1", "--uart-mode1"):
+                # manual: --uartmode<N> disconnected | server <pipe> | client <pipe> |
+                # tcpserver <port> | tcpclient <host:port> | file <file> | <devicename>
+                mode = opts.value(opt)
+                machine["settings"]["uartmode1"] = mode if mode == "disconnected" else \
+                    f"{mode},{opts.value(opt)}"
             elif opt in ("--natpf1", "--nat-pf1") and (opt == "--natpf1" or self.version >= (
                     7, 0, 0)):
                 self._natpf(machine, opts.value(opt))
@@ -1095,6 +1106,9 @@ class FakeVBoxManage:
                    "--ticks", str(int(ram.get("ticks", 0))),
                    "--guest-clock", str(float(ram.get("guest_clock", 0.0))),
                    "--max-lifetime", self.env.get("FAKE_VBOX_VM_MAX_LIFETIME", "900")]
+        uart_mode = machine["settings"].get("uartmode1", "")
+        if machine["settings"].get("uart1", "off") != "off" and uart_mode.startswith("file,"):
+            command += ["--serial", uart_mode.split(",", 1)[1]]
         try:
             launcher = subprocess.run(command, capture_output=True, text=True, timeout=30,
                                       pass_fds=[s.fileno() for s in sockets], check=True)

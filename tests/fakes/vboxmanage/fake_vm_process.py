@@ -15,6 +15,7 @@ What it does while it lives, so that tests observe real effects:
   snapshot/saved state (a copy of this file) brings it back to an older value;
 * it holds the listening sockets of the VM's NAT port forwards (passed in by
   ``startvm``), so a forwarded host port is really taken while the VM runs;
+* it writes a few lines to the serial console file, when the VM has one;
 * on SIGUSR1 (the ACPI power button) the "guest" shuts down cleanly: it marks
   ``clean_shutdown`` in its memory file and exits 0.
 
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGUSR1, on_power_button)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _log(args.log, f"Guest Log: fake guest running (ticks={ram['ticks']})")
+    if args.serial:
+        with open(args.serial, "a") as serial:
+            serial.write(f"fake guest: booted, counter at {ram['ticks']}\n")
     started = time.monotonic()
     while True:
         if not os.path.isdir(args.vm_folder) or time.monotonic() - started > args.max_lifetime:
@@ -70,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
             ram["clean_shutdown"] = True
             _write_ram(ram_path, ram)
             _log(args.log, "Guest Log: ACPI power button: guest shut down")
+            if args.serial:
+                with open(args.serial, "a") as serial:
+                    serial.write("fake guest: power button pressed, shutting down\n")
             return 0
         spin_until = time.perf_counter() + BUSY
         while time.perf_counter() < spin_until:
@@ -87,6 +94,7 @@ def main() -> int:
     parser.add_argument("--ticks", type=int, default=0)
     parser.add_argument("--guest-clock", type=float, default=0.0)
     parser.add_argument("--max-lifetime", type=float, default=900.0)
+    parser.add_argument("--serial", help="file the guest's serial console goes to")
     args = parser.parse_args()
     read_end, write_end = os.pipe()
     if os.fork():

@@ -1,0 +1,839 @@
+"""The VirtualBox driver: VMs through ``VBoxManage`` (and ``vboxapi`` when it imports).
+
+How the driver's vocabulary maps onto VirtualBox (facts: ``shared/vboxwrapper.md``,
+VirtualBox's VBoxManage manual, BOINC's ``samples/vboxwrapper``):
+
+* **Names.** The VirtualBox VM for spec name ``N`` is ``boinc_<first 16 hex of
+  md5(N)>`` (vboxwrapper's scheme, with the result name as ``N``), its
+  description is ``N``, and it lives in ``<vm_dir>/<vbox name>/`` (``createvm
+  --basefolder <vm_dir>``), so it is unique per slot and easy to find again.
+* **Copy-on-write.** The base image is never attached: ``createmedium disk
+  --diffparent <base>`` makes ``<vm_dir>/overlay.vdi``, a differencing image
+  that takes every write.
+* **Checkpoints are snapshots**, taken the vboxwrapper way (pause, ``snapshot
+  take``, resume) and **only one is kept**: the new one is complete before the
+  older ones are deleted (LHC@home volunteers' disks filled with snapshots).
+* **Calls** go through ``VBoxManageRunner``: a deadline per call (the stuck
+  child is killed: ``OperationTimeout``), retries with doubling pauses for the
+  session lock and VBoxSVC-unreachable failures, typed errors from ``VERR_*``.
+* **Processes.** The VM process id comes from ``VBox.log`` ("Process ID:"), as
+  vboxwrapper reads it; CPU time and memory come from ``/proc``; a watcher reads
+  ``/proc`` (no ``VBoxManage`` call) every ``watch_interval`` s to notice the VM
+  process ending.
+* **Stale VMs.** ``cleanup_stale`` finds VMs a crashed run left in ``vm_dir``
+  (from the record file ``virtualbox-vm.json`` there and the settings files),
+  plus any ``boinc_*`` VM still holding our overlay disk (vboxwrapper:
+  ``deregister_stale_vm``), and removes only those.
+
+6.1 versus 7.x: the version is read once (``probe_host``); options that differ
+are chosen in ``_version_options``. ``extra`` keys: ``ostype`` (VirtualBox OS
+type, default ``Linux26_64``), ``vram_mb`` (default 16).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from vmwrapper.hypervisor import errors
+from vmwrapper.hypervisor.base import (
+    Capabilities,
+    Checkpoint,
+    HostInfo,
+    HypervisorDriver,
+    VMSpec,
+    VMState,
+)
+from vmwrapper.hypervisor.vboxapi_control import make_control
+from vmwrapper.hypervisor.vboxmanage import (
+    BROKEN_VERSIONS,
+    VBoxManageRunner,
+    VBoxResult,
+    VBoxVersion,
+    classify,
+    find_vboxmanage,
+    parse_hostinfo,
+    parse_in_use_by,
+    parse_machine_readable,
+    parse_snapshot_list,
+    parse_version,
+    parse_vm_pid,
+)
+
+log = Logger()
+
+RECORD_FILE = "virtualbox-vm.json"
+OVERLAY_FILE = "overlay.vdi"
+CONTROLLER = "Hard Disk Controller"
+EXTRA_KEYS = frozenset({"ostype", "vram_mb"})
+#: Seconds VBoxManage may take for calls that do real work (start, snapshots).
+LONG_TIMEOUT = 300.0
+
+#: VirtualBox machine states (``showvminfo --machinereadable`` ``VMState``) -> ours.
+#: Judgement calls: transient "busy" states count as what the VM will be in when
+#: the operation ends; "saved" is STOPPED (no process; ``start`` resumes it);
+#: "aborted"/"gurumeditation" are CRASHED as vboxwrapper treats them (poll()).
+VBOX_STATES: dict[str, VMState] = {
+    "poweroff": VMState.STOPPED,
+    "saved": VMState.STOPPED,
+    "teleported": VMState.STOPPED,
+    "restoring": VMState.RUNNING,
+    "starting": VMState.RUNNING,
+    "running": VMState.RUNNING,
+    "saving": VMState.RUNNING,
+    "stopping": VMState.RUNNING,
+    "teleporting": VMState.RUNNING,
+    "livesnapshotting": VMState.RUNNING,
+    "onlinesnapshotting": VMState.RUNNING,
+    "deletingsnapshotlive": VMState.RUNNING,
+    "paused": VMState.PAUSED,
+    "deletingsnapshotlivepaused": VMState.PAUSED,
+    "teleportingpausedvm": VMState.PAUSED,
+    "aborted": VMState.CRASHED,
+    "aborted-saved": VMState.CRASHED,
+    "gurumeditation": VMState.CRASHED,
+    "stuck": VMState.CRASHED,
+}
+
+
+def vbox_vm_name(name: str) -> str:
+    """The VirtualBox VM name for a spec (result) name: ``boinc_`` + 16 hex of its md5."""
+    return "boinc_" + hashlib.md5(name.encode()).hexdigest()[:16]
+
+
+# -- /proc helpers ------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot; None when it is gone."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (vboxwrapper:
+    process_tree_cpu_time)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        fields = _proc_stat(current)
+        if fields:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            stack.extend(_children(current))
+    return total
+
+
+def process_rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            "utf-8", "replace")
+    except OSError:
+        return ""
+
+
+# -- the driver ---------------------------------------------------------------------
+
+
+@dataclass
+class _VM:
+    """What the driver knows about one VM it created or adopted."""
+
+    spec: VMSpec
+    vbox_name: str
+    uuid: str = ""
+    pid: int | None = None
+    pid_start: int | None = None
+    waiters: list[defer.Deferred[VMState]] = field(default_factory=list)
+    watcher: task.LoopingCall | None = None
+    last_cpu: float = 0.0
+
+    @property
+    def folder(self) -> Path:
+        return self.spec.vm_dir / self.vbox_name
+
+    @property
+    def overlay(self) -> Path:
+        return self.spec.vm_dir / OVERLAY_FILE
+
+    def process_alive(self) -> bool:
+        return bool(self.pid) and process_start_time(self.pid) == self.pid_start
+
+
+class VirtualBoxDriver(HypervisorDriver):
+    """VirtualBox through ``VBoxManage`` (see the module docstring).
+
+    :param reactor: Twisted reactor (spawnProcess + time).
+    :param vboxmanage: path of VBoxManage; default ``$VBOXWRAPPER_VBOXMANAGE``, then PATH.
+    :param vbox_user_home: VirtualBox's home (``VBOX_USER_HOME``) for every call;
+        default: inherited from the environment.
+    :param clock: ``IReactorTime`` for deadlines, retries and the watcher (default: reactor).
+    :param command_timeout: seconds per ordinary VBoxManage call (vboxwrapper: 45).
+    :param watch_interval: seconds between checks that the VM process still lives.
+    :param use_api: ``"auto"`` uses ``vboxapi`` for state and pause/resume when it
+        imports; False never; True requires it.
+    """
+
+    name = "virtualbox"
+    capabilities = Capabilities(
+        pause=True, checkpoint=True, checkpoint_survives_crash=True, shared_folder=True,
+        port_forward=True, config_disk=True, cpu_time=True, memory_use=True,
+        console_log=True, graceful_shutdown=True)
+
+    def __init__(self, reactor: Any, *, vboxmanage: str | None = None,
+                 vbox_user_home: str | os.PathLike[str] | None = None, clock: Any = None,
+                 command_timeout: float = 45.0, watch_interval: float = 0.2,
+                 use_api: Any = "auto") -> None:
+        super().__init__(reactor)
+        self.clock = clock or reactor
+        env = dict(os.environ)
+        if vbox_user_home is not None:
+            env["VBOX_USER_HOME"] = str(vbox_user_home)
+        self.executable = find_vboxmanage(vboxmanage, env)
+        self.runner = VBoxManageRunner(reactor, self.executable or "VBoxManage", env,
+                                       clock=self.clock, timeout=command_timeout)
+        self.watch_interval = watch_interval
+        self.api = make_control(use_api)
+        self.version: VBoxVersion | None = None
+        self._host: HostInfo | None = None
+        self._vms: dict[str, _VM] = {}
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _vbm(self, *args: str, doing: str, check: bool = True,
+             timeout: float | None = None) -> defer.Deferred[VBoxResult]:
+        if self.executable is None:
+            return defer.fail(errors.HypervisorNotInstalled(
+                "VBoxManage was not found (looked at $VBOXWRAPPER_VBOXMANAGE and PATH)"))
+        return self.runner.run(*args, doing=doing, check=check, timeout=timeout)
+
+    def _vm(self, name: str) -> _VM:
+        try:
+            return self._vms[name]
+        except KeyError:
+            raise errors.VMNotFound(f"no VirtualBox VM named {name!r} in this driver") from None
+
+    @defer.inlineCallbacks
+    def _ensure_version(self) -> Any:
+        if self.version is None:
+            result = yield self._vbm("--version", doing="read the VirtualBox version")
+            self.version = parse_version(result.stdout)
+        return self.version
+
+    def _version_options(self) -> dict[str, list[str]]:
+        """Command-line spellings that differ between VirtualBox versions."""
+        version = self.version or parse_version("")
+        return {
+            # vboxwrapper: create_vm switches at 4.3.0 (--sataportcount removed later).
+            "portcount": ["--portcount", "3"] if version.at_least(4, 3)
+            else ["--sataportcount", "3"],
+            # 7.0 split --audio into --audio-driver and --audio-enabled.
+            "audio_off": ["--audio-enabled", "off"] if version.at_least(7)
+            else ["--audio", "none"],
+            # 7.0 added --delete-all (also removes DVD/floppy images attached only here);
+            # the driver detaches the caller's media first, so --delete is enough on both.
+            "unregister": ["--delete"],
+        }
+
+    @defer.inlineCallbacks
+    def _info(self, vm: _VM) -> Any:
+        """``showvminfo --machinereadable`` as a dict, or None when not registered."""
+        result = yield self._vbm("showvminfo", vm.vbox_name, "--machinereadable",
+                                 doing=f"query VM {vm.vbox_name}", check=False)
+        if result.failed:
+            if "VBOX_E_OBJECT_NOT_FOUND" in result.output or result.code == 0x80BB0001:
+                return None
+            raise classify(result, f"query VM {vm.vbox_name}")
+        return parse_machine_readable(result.stdout)
+
+    @defer.inlineCallbacks
+    def _vbox_state(self, vm: _VM) -> Any:
+        if self.api is not None:
+            try:
+                return self.api.machine_state(vm.vbox_name)
+            except LookupError:
+                return None
+        info = yield self._info(vm)
+        return None if info is None else info.get("VMState", "")
+
+    def _write_record(self, vm: _VM) -> None:
+        record = {"name": vm.spec.name, "vbox_name": vm.vbox_name, "uuid": vm.uuid,
+                  "overlay": str(vm.overlay),
+                  "config_disk": str(vm.spec.config_disk) if vm.spec.config_disk else None,
+                  "vbox_user_home": self.runner.env.get("VBOX_USER_HOME", "")}
+        path = vm.spec.vm_dir / RECORD_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+
+    def _read_vm_pid(self, vm: _VM) -> None:
+        try:
+            text = (vm.folder / "Logs" / "VBox.log").read_text(errors="replace")
+        except OSError:
+            text = ""
+        pid = parse_vm_pid(text)
+        vm.pid = pid
+        vm.pid_start = process_start_time(pid) if pid else None
+
+    # -- host -------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def probe_host(self) -> Any:
+        if self._host is not None:
+            return self._host
+        version = yield self._ensure_version()
+        if (version.major, version.minor, version.build) in BROKEN_VERSIONS:
+            raise errors.HypervisorFailure(
+                f"VirtualBox {version} has known bugs that break BOINC VMs; please upgrade it")
+        result = yield self._vbm("list", "hostinfo", doing="check VirtualBox is usable",
+                                 check=False)
+        if "vboxdrv kernel module is not loaded" in result.output:
+            raise errors.HypervisorNotInstalled(
+                "the VirtualBox kernel driver (vboxdrv) is not loaded; reinstall VirtualBox "
+                "or rebuild its kernel modules")
+        info = parse_hostinfo(result.stdout)
+        if result.failed or "Processor count" not in info:
+            failure = classify(result, "VBoxManage list hostinfo") if result.failed else None
+            raise errors.HypervisorNotInstalled(
+                "communication with VirtualBox failed (VBoxManage list hostinfo): "
+                + (str(failure) if failure else "no processor information"))
+        accelerated = info.get("Processor supports HW virtualization") == "yes"
+        self._host = HostInfo(
+            "virtualbox", version.raw, accelerated,
+            f"VirtualBox {version} via {'vboxapi' if self.api else 'VBoxManage'}; "
+            f"VT-x/AMD-V {'available' if accelerated else 'not reported'}")
+        return self._host
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def _check_spec(self, spec: VMSpec) -> None:
+        unknown = set(spec.extra) - EXTRA_KEYS
+        if unknown:
+            raise errors.InvalidSpec(
+                f"unknown VirtualBox option(s) {', '.join(sorted(unknown))}; valid: "
+                f"{', '.join(sorted(EXTRA_KEYS))}")
+        if not spec.base_image.is_file():
+            raise errors.ImageMissing(f"disk image {spec.base_image} does not exist")
+        if spec.config_disk is not None and not spec.config_disk.is_file():
+            raise errors.ImageMissing(f"config disk {spec.config_disk} does not exist")
+        if spec.shared_folder is not None and not Path(spec.shared_folder.host_path).is_dir():
+            raise errors.InvalidSpec(
+                f"shared folder {spec.shared_folder.host_path} is not an existing directory")
+
+    @defer.inlineCallbacks
+    def create(self, spec: VMSpec) -> Any:
+        if spec.name in self._vms:
+            raise errors.VMExists(f"VM {spec.name!r} already exists in this driver")
+        self._check_spec(spec)
+        yield self._ensure_version()
+        vm = _VM(spec, vbox_vm_name(spec.name))
+        spec.vm_dir.mkdir(parents=True, exist_ok=True)
+        settings = vm.folder / f"{vm.vbox_name}.vbox"
+        info = yield self._info(vm)
+        if info is not None and Path(info.get("CfgFile", "")).resolve() != settings.resolve():
+            raise errors.VMExists(
+                f"a VirtualBox VM named {vm.vbox_name} is registered from "
+                f"{info.get('CfgFile')}, not from {spec.vm_dir}; not touching it")
+        if info is None and settings.exists():
+            # Our settings file from an earlier run: register it again (vboxwrapper:
+            # register_vm), keeping the overlay and its snapshot.
+            yield self._vbm("registervm", str(settings), doing=f"register VM {vm.vbox_name}")
+            info = yield self._info(vm)
+        self._vms[spec.name] = vm
+        if info is not None:
+            vm.uuid = info.get("UUID", "")
+            if VBOX_STATES.get(info.get("VMState", "")) in (VMState.RUNNING, VMState.PAUSED):
+                yield self._vbm("controlvm", vm.vbox_name, "poweroff",
+                                doing=f"power off adopted VM {vm.vbox_name}")
+            self._write_record(vm)
+            log.info("adopted VirtualBox VM {vbox} for {name}", vbox=vm.vbox_name,
+                     name=spec.name)
+            return None
+        try:
+            yield self._create_new(vm)
+        except BaseException:
+            del self._vms[spec.name]
+            yield self._remove_everything(vm)
+            raise
+        return None
+
+    @defer.inlineCallbacks
+    def _create_new(self, vm: _VM) -> Any:
+        spec = vm.spec
+        name = vm.vbox_name
+        options = self._version_options()
+        if vm.overlay.exists():
+            # Left by a create that died half-way: it is ours and holds nothing.
+            yield self._vbm("closemedium", "disk", str(vm.overlay), "--delete",
+                            doing="remove a half-made overlay", check=False)
+            vm.overlay.unlink(missing_ok=True)
+        yield self._vbm("createmedium", "disk", "--filename", str(vm.overlay), "--diffparent",
+                        str(spec.base_image), "--format", "VDI",
+                        doing=f"create the copy-on-write overlay over {spec.base_image}",
+                        timeout=LONG_TIMEOUT)
+        result = yield self._vbm("createvm", "--name", name, "--basefolder", str(spec.vm_dir),
+                                 "--ostype", spec.extra.get("ostype", "Linux26_64"),
+                                 "--register", doing=f"create VM {name}")
+        for line in result.stdout.splitlines():
+            if line.startswith("UUID:"):
+                vm.uuid = line.split(":", 1)[1].strip()
+        self._write_record(vm)
+        required = ["--description", spec.name, "--memory", str(spec.memory_mb),
+                    "--cpus", str(spec.cpus), "--acpi", "on", "--ioapic", "on",
+                    "--boot1", "disk", "--boot2", "dvd", "--boot3", "none", "--boot4", "none",
+                    "--vram", str(spec.extra.get("vram_mb", 16)),
+                    "--uart1", "0x3F8", "4", "--uartmode1", "file", str(spec.console_log_path)]
+        if spec.network:
+            required += ["--nic1", "nat", "--natdnsproxy1", "on", "--cableconnected1", "on"]
+            for forward in spec.port_forwards:
+                required += ["--natpf1", f"pf{forward.host_port},{forward.protocol},"
+                             f"{forward.host_address},{forward.host_port},,{forward.guest_port}"]
+        else:
+            required += ["--nic1", "none"]
+        yield self._vbm("modifyvm", name, *required, doing=f"configure VM {name}")
+        # Optional knobs: a VirtualBox without one of them still runs the job
+        # (BOINC/boinc#1501: "Unknown option: --lpt1" failed 7 % of tasks).
+        for knob in (["--usb", "off"], options["audio_off"], ["--clipboard", "disabled"],
+                     ["--draganddrop", "disabled"]):
+            result = yield self._vbm("modifyvm", name, *knob, doing=f"configure VM {name}",
+                                     check=False)
+            if result.failed:
+                log.warn("VirtualBox ignored {knob}: {message}", knob=" ".join(knob),
+                         message=result.message)
+        yield self._vbm("storagectl", name, "--name", CONTROLLER, "--add", "sata",
+                        "--controller", "IntelAHCI", *options["portcount"], "--hostiocache",
+                        "off", doing=f"add the disk controller to {name}")
+        yield self._vbm("storageattach", name, "--storagectl", CONTROLLER, "--port", "0",
+                        "--device", "0", "--type", "hdd", "--medium", str(vm.overlay),
+                        doing=f"attach the overlay to {name}")
+        if spec.config_disk is not None:
+            yield self._attach_config_disk(vm)
+        if spec.shared_folder is not None:
+            folder = spec.shared_folder
+            args = ["sharedfolder", "add", name, "--name", folder.tag, "--hostpath",
+                    str(folder.host_path)]
+            if folder.read_only:
+                args.append("--readonly")
+            yield self._vbm(*args, doing=f"share {folder.host_path} with {name}")
+
+    def _attach_config_disk(self, vm: _VM) -> defer.Deferred[VBoxResult]:
+        disk = vm.spec.config_disk
+        assert disk is not None
+        if _is_iso9660(disk):
+            kind = ["--type", "dvddrive"]
+        else:  # a plain disk: immutable, so VirtualBox never writes to the caller's file
+            kind = ["--type", "hdd", "--mtype", "immutable"]
+        return self._vbm("storageattach", vm.vbox_name, "--storagectl", CONTROLLER, "--port",
+                         "1", "--device", "0", *kind, "--medium", str(disk),
+                         doing=f"attach the config disk {disk}")
+
+    @defer.inlineCallbacks
+    def start(self, name: str) -> Any:
+        vm = self._vm(name)
+        state = yield self.state(name)
+        if state.is_alive:
+            raise errors.VMStateError(f"VM {name!r} is already {state.value}")
+        yield self._vbm("startvm", vm.vbox_name, "--type", "headless",
+                        doing=f"start VM {vm.vbox_name}", timeout=LONG_TIMEOUT)
+        self._started(vm)
+
+    def _started(self, vm: _VM) -> None:
+        self._read_vm_pid(vm)
+        vm.last_cpu = 0.0
+        if vm.watcher is None or not vm.watcher.running:
+            vm.watcher = task.LoopingCall(self._watch, vm)
+            vm.watcher.clock = self.clock
+            vm.watcher.start(self.watch_interval, now=False)
+
+    def _watch(self, vm: _VM) -> defer.Deferred[None] | None:
+        """Runs every ``watch_interval``: /proc only; VBoxManage once the process is gone."""
+        if vm.process_alive():
+            return None
+        if vm.watcher is not None and vm.watcher.running:
+            vm.watcher.stop()
+        d = self._current_state(vm)
+        d.addCallback(lambda state: self._fire_stopped(vm, state))
+        d.addErrback(lambda failure: log.failure("watching {vm}", failure, vm=vm.vbox_name))
+        return d
+
+    def _fire_stopped(self, vm: _VM, state: VMState) -> None:
+        if state.is_alive:
+            state = VMState.CRASHED  # the process is gone whatever VBoxSVC still says
+        waiters, vm.waiters = vm.waiters, []
+        for waiter in waiters:
+            waiter.callback(state)
+
+    def _stop_watching(self, vm: _VM) -> None:
+        if vm.watcher is not None and vm.watcher.running:
+            vm.watcher.stop()
+
+    @defer.inlineCallbacks
+    def _current_state(self, vm: _VM) -> Any:
+        vbox_state = yield self._vbox_state(vm)
+        if vbox_state is None:
+            return VMState.ABSENT
+        return VBOX_STATES.get(vbox_state, VMState.STOPPED)
+
+    @defer.inlineCallbacks
+    def pause(self, name: str) -> Any:
+        vm = self._vm(name)
+        state = yield self.state(name)
+        if state is VMState.PAUSED:
+            return None
+        if state is not VMState.RUNNING:
+            raise errors.VMStateError(f"cannot pause VM {name!r}: it is {state.value}")
+        if self.api is not None:
+            self.api.pause(vm.vbox_name)
+        else:
+            yield self._vbm("controlvm", vm.vbox_name, "pause", doing=f"pause VM {name}")
+        return None
+
+    @defer.inlineCallbacks
+    def resume(self, name: str) -> Any:
+        vm = self._vm(name)
+        state = yield self.state(name)
+        if state is VMState.RUNNING:
+            return None
+        if state is not VMState.PAUSED:
+            raise errors.VMStateError(f"cannot resume VM {name!r}: it is {state.value}")
+        if self.api is not None:
+            self.api.resume(vm.vbox_name)
+        else:
+            yield self._vbm("controlvm", vm.vbox_name, "resume", doing=f"resume VM {name}")
+        return None
+
+    @defer.inlineCallbacks
+    def _snapshots(self, vm: _VM) -> Any:
+        result = yield self._vbm("snapshot", vm.vbox_name, "list",
+                                 doing=f"list snapshots of {vm.vbox_name}", check=False)
+        if result.failed and "does not have any snapshots" not in result.output:
+            raise classify(result, f"list snapshots of {vm.vbox_name}")
+        return parse_snapshot_list(result.stdout)
+
+    @defer.inlineCallbacks
+    def save_checkpoint(self, name: str) -> Any:
+        vm = self._vm(name)
+        state = yield self.state(name)
+        if not state.is_alive:
+            raise errors.VMStateError(f"cannot checkpoint VM {name!r}: it is {state.value}")
+        snapshot = f"boinc_{int(self.clock.seconds() * 1000)}"
+        # vboxwrapper: create_snapshot pauses first to avoid a live snapshot.
+        if state is VMState.RUNNING:
+            yield self.pause(name)
+        try:
+            yield self._vbm("snapshot", vm.vbox_name, "take", snapshot,
+                            doing=f"take snapshot {snapshot} of {vm.vbox_name}",
+                            timeout=LONG_TIMEOUT)
+        except errors.OutOfDisk:
+            raise
+        except errors.HypervisorError as failure:
+            raise errors.CheckpointFailed(f"snapshot of VM {name!r} failed: {failure}") from None
+        finally:
+            if state is VMState.RUNNING:
+                yield self.resume(name)
+        # Only now that the new snapshot exists: delete the older ones, newest first
+        # (vboxwrapper: cleanup_snapshots; older-first fails on a disk with 2 children).
+        entries = yield self._snapshots(vm)
+        for entry in reversed(entries):
+            if entry.name != snapshot:
+                yield self._vbm("snapshot", vm.vbox_name, "delete", entry.uuid,
+                                doing=f"delete old snapshot {entry.name} of {vm.vbox_name}",
+                                timeout=LONG_TIMEOUT)
+        size = sum(p.stat().st_size for p in (vm.folder / "Snapshots").glob("*")
+                   if p.is_file()) if (vm.folder / "Snapshots").is_dir() else 0
+        return Checkpoint(snapshot, self.clock.seconds(), size)
+
+    @defer.inlineCallbacks
+    def has_checkpoint(self, name: str) -> Any:
+        vm = self._vm(name)
+        info = yield self._info(vm)
+        return bool(info and info.get("CurrentSnapshotUUID"))
+
+    @defer.inlineCallbacks
+    def restore_checkpoint(self, name: str) -> Any:
+        vm = self._vm(name)
+        has = yield self.has_checkpoint(name)
+        if not has:
+            raise errors.CheckpointMissing(f"VM {name!r} has no snapshot to restore")
+        state = yield self.state(name)
+        if state.is_alive:
+            yield self._hard_stop(vm)
+        try:
+            yield self._vbm("snapshot", vm.vbox_name, "restorecurrent",
+                            doing=f"restore the snapshot of {vm.vbox_name}",
+                            timeout=LONG_TIMEOUT)
+        except errors.HypervisorError as failure:
+            raise errors.CheckpointFailed(f"restoring VM {name!r} failed: {failure}") from None
+        yield self._vbm("startvm", vm.vbox_name, "--type", "headless",
+                        doing=f"start VM {vm.vbox_name} from its snapshot",
+                        timeout=LONG_TIMEOUT)
+        self._started(vm)
+
+    @defer.inlineCallbacks
+    def _hard_stop(self, vm: _VM) -> Any:
+        self._stop_watching(vm)
+        yield self._vbm("controlvm", vm.vbox_name, "poweroff",
+                        doing=f"power off VM {vm.vbox_name}", timeout=LONG_TIMEOUT)
+        self._fire_stopped(vm, VMState.STOPPED)
+
+    @defer.inlineCallbacks
+    def power_off(self, name: str, grace: float = 0.0) -> Any:
+        vm = self._vm(name)
+        state = yield self.state(name)
+        if not state.is_alive:
+            return None
+        if grace > 0 and state is VMState.RUNNING:
+            yield self._vbm("controlvm", vm.vbox_name, "acpipowerbutton",
+                            doing=f"press the power button of {vm.vbox_name}")
+            deadline = self.clock.seconds() + grace
+            while vm.process_alive() and self.clock.seconds() < deadline:
+                yield task.deferLater(self.clock, min(0.1, grace), lambda: None)
+            if not vm.process_alive():
+                self._stop_watching(vm)
+                state = yield self._current_state(vm)
+                self._fire_stopped(vm, VMState.STOPPED)
+                return None
+        yield self._hard_stop(vm)
+        return None
+
+    @defer.inlineCallbacks
+    def destroy(self, name: str) -> Any:
+        vm = self._vms.get(name)
+        if vm is None:
+            return None
+        self._stop_watching(vm)
+        yield self._remove_everything(vm)
+        del self._vms[name]
+        self._fire_stopped(vm, VMState.STOPPED)
+        return None
+
+    @defer.inlineCallbacks
+    def _remove_everything(self, vm: _VM) -> Any:
+        """Power off, detach the caller's media, unregister and delete our files."""
+        info = yield self._info(vm)
+        if info is not None:
+            if VBOX_STATES.get(info.get("VMState", "")) in (VMState.RUNNING, VMState.PAUSED):
+                yield self._vbm("controlvm", vm.vbox_name, "poweroff",
+                                doing=f"power off VM {vm.vbox_name}", timeout=LONG_TIMEOUT)
+            if f"{CONTROLLER}-1-0" in info:
+                # Never let "unregistervm --delete" delete the caller's config disk.
+                yield self._vbm("storageattach", vm.vbox_name, "--storagectl", CONTROLLER,
+                                "--port", "1", "--device", "0", "--medium", "none",
+                                doing="detach the config disk")
+            yield self._vbm("unregistervm", vm.vbox_name,
+                            *self._version_options()["unregister"],
+                            doing=f"unregister and delete VM {vm.vbox_name}",
+                            timeout=LONG_TIMEOUT)
+        if vm.pid and vm.process_alive():
+            os.kill(vm.pid, signal.SIGKILL)
+        if vm.overlay.exists():
+            yield self._vbm("closemedium", "disk", str(vm.overlay), "--delete",
+                            doing="delete the overlay", check=False)
+            vm.overlay.unlink(missing_ok=True)
+        _remove_driver_files(vm.spec.vm_dir, vm.vbox_name, vm.spec.console_log_path)
+
+    # -- observation -------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def state(self, name: str) -> Any:
+        vm = self._vms.get(name)
+        if vm is None:
+            return VMState.ABSENT
+        state = yield self._current_state(vm)
+        if state.is_alive and vm.pid and not vm.process_alive():
+            state = VMState.CRASHED
+        return state
+
+    def when_stopped(self, name: str) -> defer.Deferred[VMState]:
+        vm = self._vms.get(name)
+        if vm is None:
+            return defer.succeed(VMState.ABSENT)
+        waiter: defer.Deferred[VMState] = defer.Deferred()
+        if vm.watcher is not None and vm.watcher.running:
+            vm.waiters.append(waiter)
+            return waiter
+        d = self.state(name)
+        d.addCallback(lambda state: self._waiter_for(vm, state, waiter))
+        return waiter
+
+    def _waiter_for(self, vm: _VM, state: VMState, waiter: defer.Deferred[VMState]) -> None:
+        if state.is_alive:
+            vm.waiters.append(waiter)
+            self._started(vm)
+        else:
+            waiter.callback(state)
+
+    def cpu_time(self, name: str) -> defer.Deferred[float]:
+        vm = self._vm(name)
+        if vm.process_alive():
+            vm.last_cpu = max(vm.last_cpu, process_tree_cpu_seconds(vm.pid))
+        return defer.succeed(vm.last_cpu)
+
+    def memory_use(self, name: str) -> defer.Deferred[int]:
+        vm = self._vm(name)
+        return defer.succeed(process_rss_bytes(vm.pid) if vm.process_alive() else 0)
+
+    def console_log(self, name: str, max_bytes: int = 65536) -> defer.Deferred[str]:
+        """The serial console file; without one, the "Guest Log:" lines of VBox.log
+        (what vboxwrapper copies to stderr)."""
+        vm = self._vm(name)
+        path = vm.spec.console_log_path
+        if path.exists():
+            return defer.succeed(_tail(path, max_bytes))
+        log_path = vm.folder / "Logs" / "VBox.log"
+        if log_path.exists():
+            lines = [line for line in _tail(log_path, 4 * max_bytes).splitlines()
+                     if "Guest Log:" in line]
+            return defer.succeed("\n".join(lines)[-max_bytes:])
+        return defer.succeed("")
+
+    # -- recovery -----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def cleanup_stale(self, vm_dir: Path, keep_checkpoint: bool = True) -> Any:
+        vm_dir = Path(vm_dir)
+        if not vm_dir.is_dir():
+            return []
+        yield self._ensure_version()
+        candidates: dict[str, str] = {}  # vbox name -> spec name
+        record = _read_record(vm_dir)
+        if record:
+            candidates[record["vbox_name"]] = record.get("name", record["vbox_name"])
+        for settings in vm_dir.glob("boinc_*/boinc_*.vbox"):
+            if settings.stem == settings.parent.name:
+                candidates.setdefault(settings.stem, settings.stem)
+        overlay = vm_dir / OVERLAY_FILE
+        if overlay.exists():
+            result = yield self._vbm("showmediuminfo", "disk", str(overlay),
+                                     doing="find VMs holding our overlay", check=False)
+            for holder, _uuid in parse_in_use_by(result.output):
+                if holder.strip().startswith("boinc_"):
+                    candidates.setdefault(holder.strip(), holder.strip())
+        cleaned = []
+        for vbox_name, spec_name in candidates.items():
+            if any(v.vbox_name == vbox_name for v in self._vms.values()):
+                continue  # live in this driver: not stale
+            done = yield self._cleanup_one(vm_dir, vbox_name, keep_checkpoint, record)
+            if done:
+                cleaned.append(spec_name)
+        if not keep_checkpoint:
+            yield self._vbm("closemedium", "disk", str(overlay), "--delete",
+                            doing="delete a stale overlay", check=False)
+            overlay.unlink(missing_ok=True)
+            (vm_dir / RECORD_FILE).unlink(missing_ok=True)
+        return cleaned
+
+    @defer.inlineCallbacks
+    def _cleanup_one(self, vm_dir: Path, vbox_name: str, keep_checkpoint: bool,
+                     record: dict[str, Any] | None) -> Any:
+        result = yield self._vbm("showvminfo", vbox_name, "--machinereadable",
+                                 doing=f"query stale VM {vbox_name}", check=False)
+        folder = vm_dir / vbox_name
+        info = parse_machine_readable(result.stdout) if not result.failed else None
+        acted = False
+        if info is not None:
+            state = VBOX_STATES.get(info.get("VMState", ""))
+            if state in (VMState.RUNNING, VMState.PAUSED):
+                yield self._vbm("controlvm", vbox_name, "poweroff",
+                                doing=f"power off stale VM {vbox_name}", timeout=LONG_TIMEOUT)
+                acted = True
+        # A VM process VBoxSVC lost track of: kill it if it is really that VM's.
+        try:
+            pid = parse_vm_pid((folder / "Logs" / "VBox.log").read_text(errors="replace"))
+        except OSError:
+            pid = None
+        if pid and process_start_time(pid) is not None and (
+                str(folder) in _cmdline(pid) or vbox_name in _cmdline(pid)):
+            os.kill(pid, signal.SIGKILL)
+            acted = True
+        if keep_checkpoint:
+            return acted
+        if info is not None:
+            if f"{CONTROLLER}-1-0" in info:
+                yield self._vbm("storageattach", vbox_name, "--storagectl", CONTROLLER,
+                                "--port", "1", "--device", "0", "--medium", "none",
+                                doing="detach the config disk", check=False)
+            yield self._vbm("unregistervm", vbox_name, "--delete",
+                            doing=f"unregister stale VM {vbox_name}", timeout=LONG_TIMEOUT)
+        console = Path(info["uartmode1"].split(",", 1)[-1]) if info and "uartmode1" in (
+            info or {}) else None
+        _remove_driver_files(vm_dir, vbox_name, console)
+        return True
+
+
+# -- module helpers -------------------------------------------------------------------
+
+
+def _is_iso9660(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0x8001)
+            return handle.read(5) == b"CD001"
+    except OSError:
+        return False
+
+
+def _tail(path: Path, max_bytes: int) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - max_bytes))
+        return handle.read().decode("utf-8", "replace")
+
+
+def _read_record(vm_dir: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((vm_dir / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "vbox_name" in record else None
+
+
+def _remove_driver_files(vm_dir: Path, vbox_name: str, console_log: Path | None) -> None:
+    """Delete what the driver itself put in ``vm_dir`` (never the caller's files)."""
+    shutil.rmtree(vm_dir / vbox_name, ignore_errors=True)
+    for path in (vm_dir / RECORD_FILE, vm_dir / OVERLAY_FILE):
+        path.unlink(missing_ok=True)
+    if console_log is not None and vm_dir in console_log.parents:
+        console_log.unlink(missing_ok=True)
+    try:
+        vm_dir.rmdir()
+    except OSError:
+        pass
