@@ -101,7 +101,7 @@ def backoff_delay(
 class StompClientProtocol(Protocol):
     """One STOMP connection from the client side.
 
-    :attr:`connected` fires with the protocol once CONNECTED arrives (or
+    :attr:`handshake` fires with the protocol once CONNECTED arrives (or
     errbacks with :class:`StompError` on an ERROR frame or an early close).
     MESSAGE frames go to the handler registered for their subscription;
     ERROR frames after CONNECTED are logged and end the connection (brokers
@@ -118,7 +118,7 @@ class StompClientProtocol(Protocol):
         self.clock = clock
         self.on_lost = on_lost
         self.version = "1.2"
-        self.connected: defer.Deferred[StompClientProtocol] = defer.Deferred()
+        self.handshake: defer.Deferred[StompClientProtocol] = defer.Deferred()
         self.is_connected = False
         self._parser = FrameParser(
             "1.2", max_frame_size=config.max_frame_size, on_heartbeat=self._heard
@@ -166,8 +166,8 @@ class StompClientProtocol(Protocol):
         for timer in (self._send_timer, self._recv_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        if not self.connected.called:
-            self.connected.errback(
+        if not self.handshake.called:
+            self.handshake.errback(
                 Failure(StompError(f"connection closed before CONNECTED: {reason.value}"))
             )
         if self.on_lost is not None:
@@ -199,8 +199,8 @@ class StompClientProtocol(Protocol):
         elif command == "ERROR":
             message = frame.headers.get("message", "") or frame.body.decode("utf-8", "replace")
             log.error("broker ERROR: {message}", message=message)
-            if not self.connected.called:
-                self.connected.errback(Failure(StompError(f"broker refused: {message}")))
+            if not self.handshake.called:
+                self.handshake.errback(Failure(StompError(f"broker refused: {message}")))
             self.transport.loseConnection()
         elif command == "RECEIPT":
             pass
@@ -217,7 +217,7 @@ class StompClientProtocol(Protocol):
         self._parser.version = version
         self._setup_heartbeats(frame.headers.get("heart-beat", "0,0"))
         self.is_connected = True
-        self.connected.callback(self)
+        self.handshake.callback(self)
 
     def _setup_heartbeats(self, server: str) -> None:
         try:
@@ -418,7 +418,7 @@ class StompSession:
                 except Exception:
                     log.failure("connect listener failed")
 
-        return protocol.connected.addCallback(ready)
+        return protocol.handshake.addCallback(ready)
 
     def _lost(self, protocol: StompClientProtocol, reason: Failure) -> None:
         if protocol is not self.protocol:
