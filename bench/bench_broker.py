@@ -66,11 +66,13 @@ def consumer(target: Target, count: int, ready, result) -> None:
     payload = 0
     sock, parser = client.sock, client.parser
     sock.settimeout(60)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
     while received < count:
-        data = sock.recv(1 << 20)
-        if not data:
+        size = sock.recv_into(buffer)
+        if not size:
             raise ConnectionError("broker closed the consumer")
-        for frame in parser.feed(data):
+        for frame in parser.feed(view[:size]):
             if frame.command == "MESSAGE":
                 received += 1
                 payload += len(frame.body)

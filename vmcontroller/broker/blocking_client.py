@@ -39,6 +39,9 @@ class BlockingClient:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.parser = FrameParser(version=version)
         self._frames: deque[Frame] = deque()
+        # A reused receive buffer: recv() of a large size allocates on every call.
+        self._recv_buffer = bytearray(256 * 1024)
+        self._recv_view = memoryview(self._recv_buffer)
         self.connected: Frame | None = None
 
     # wire helpers -------------------------------------------------------------
@@ -66,10 +69,10 @@ class BlockingClient:
         if timeout is not None:
             self.sock.settimeout(timeout)
         while not self._frames:
-            data = self.sock.recv(256 * 1024)
-            if not data:
+            size = self.sock.recv_into(self._recv_buffer)
+            if not size:
                 raise ConnectionError("broker closed the connection")
-            self._frames.extend(self.parser.feed(data))
+            self._frames.extend(self.parser.feed(self._recv_view[:size]))
         return self._frames.popleft()
 
     # STOMP commands -------------------------------------------------------------

@@ -28,6 +28,7 @@ Wire format reminders (STOMP 1.2 spec, "Frames and headers")::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,6 +69,31 @@ _UNESCAPES = {
     "1.1": {"\\": "\\", "n": "\n", "c": ":"},
     "1.2": {"\\": "\\", "n": "\n", "c": ":", "r": "\r"},
 }
+
+# Characters that force the slow, escaping path of encode_frame (the
+# first ':' of each line, the name/value separator, is removed before the
+# check; a ':' left over is one inside a name or value).
+_SPECIAL_11 = re.compile(r"[\\\n:]")
+_SPECIAL_12 = re.compile(r"[\\\n:\r]")
+_KNOWN_COMMANDS = frozenset(
+    {
+        "CONNECT",
+        "STOMP",
+        "CONNECTED",
+        "SEND",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "ACK",
+        "NACK",
+        "BEGIN",
+        "COMMIT",
+        "ABORT",
+        "DISCONNECT",
+        "MESSAGE",
+        "RECEIPT",
+        "ERROR",
+    }
+)
 
 _NUL = 0
 _LF = 0x0A
@@ -131,31 +157,40 @@ def encode_frame(frame: Frame, version: str = "1.2") -> bytes:
         command, or a header that cannot be represented (a newline in a
         1.0 or CONNECT header, a ``:`` in a 1.0 header name).
     """
-    _check_version(version)
+    if version not in SUPPORTED_VERSIONS:
+        _check_version(version)
     command = frame.command
-    if not command or not command.isascii() or not command.isalpha():
+    if command not in _KNOWN_COMMANDS and not (command.isascii() and command.isalpha()):
         raise ValueError(f"invalid STOMP command {command!r}: ASCII letters only")
-    escapes = _ESCAPES_12 if version == "1.2" else _ESCAPES_11
-    escaped = version != "1.0" and command not in _UNESCAPED_COMMANDS
-    parts = [command]
+    headers = frame.headers
     body = frame.body
-    for name, value in frame.headers.items():
-        if name == "content-length":
-            continue
-        if escaped:
-            parts.append(f"{name.translate(escapes)}:{value.translate(escapes)}")
-        else:
-            if "\n" in name or "\n" in value or ":" in name:
+    lines = [f"{name}:{value}" for name, value in headers.items() if name != "content-length"]
+    # Fast path: most frames have nothing to escape (one scan of all headers).
+    special = _SPECIAL_12 if version == "1.2" else _SPECIAL_11
+    if special.search("\x01".join(lines).replace(":", "", len(lines))) is not None:
+        lines = _escaped_header_lines(frame, version)
+    if body:
+        lines.append(f"content-length:{len(body)}")
+    return "\n".join([command, *lines, "", ""]).encode("utf-8") + body + b"\x00"
+
+
+def _escaped_header_lines(frame: Frame, version: str) -> list[str]:
+    """Header lines with 1.1/1.2 escaping, or an error where none is allowed."""
+    command = frame.command
+    if version == "1.0" or command in _UNESCAPED_COMMANDS:
+        for name, value in frame.headers.items():
+            if "\n" in name or "\n" in value or ":" in name or "\r" in name:
                 raise ValueError(
                     f"header {name!r}: {value!r} cannot be sent unescaped "
                     f"(STOMP {version} {command}): no newlines, no ':' in names"
                 )
-            parts.append(f"{name}:{value}")
-    if body:
-        parts.append(f"content-length:{len(body)}")
-    parts.append("")
-    parts.append("")
-    return "\n".join(parts).encode("utf-8") + body + b"\x00"
+        return [f"{n}:{v}" for n, v in frame.headers.items() if n != "content-length"]
+    escapes = _ESCAPES_12 if version == "1.2" else _ESCAPES_11
+    return [
+        f"{name.translate(escapes)}:{value.translate(escapes)}"
+        for name, value in frame.headers.items()
+        if name != "content-length"
+    ]
 
 
 class FrameParser:
@@ -224,8 +259,10 @@ class FrameParser:
         """Bytes held for an incomplete frame (bounded by the limits)."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add received bytes; return the frames they complete, in order.
+
+        ``data`` is copied, so the caller may reuse its receive buffer.
 
         :raises FrameError: on malformed or oversized input.  The parser
             then stays failed: every later call raises the same error.
@@ -287,7 +324,9 @@ class FrameParser:
         """Parse the header block starting at ``start`` if it is complete."""
         buf = self._buffer
         end = buf.find(b"\n\n", self._scan)
-        crlf_end = buf.find(b"\n\r\n", self._scan)
+        # Look for a CRLF blank line only before the LF one: searching the
+        # whole buffer for every frame would make a read of many frames O(n^2).
+        crlf_end = buf.find(b"\n\r\n", self._scan, len(buf) if end == -1 else end + 2)
         if crlf_end != -1 and (end == -1 or crlf_end < end):
             block_end, body_start = crlf_end, crlf_end + 3
         elif end != -1:
