@@ -299,7 +299,8 @@ def parse_in_use_by(text: str) -> list[tuple[str, str]]:
     (vboxwrapper: deregister_stale_vm)."""
     for line in text.splitlines():
         if line.startswith("In use by VMs:"):
-            return re.findall(r"([^,:]+?) \(UUID: ([0-9a-fA-F-]+)\)", line.split(":", 1)[1])
+            found = re.findall(r"([^,:]+?) \(UUID: ([0-9a-fA-F-]+)\)", line.split(":", 1)[1])
+            return [(name.strip(), uuid) for name, uuid in found]
     return []
 
 
@@ -337,19 +338,21 @@ class VBoxManageRunner:
     :param clock: ``IReactorTime`` for deadlines and retry pauses (the reactor by default).
     :param timeout: default seconds per attempt.
     :param retries: retries of a retriable failure after the first attempt.
+    :param first_retry_delay: the first pause before a retry; each next one doubles.
     :param spawn: replaces ``reactor.spawnProcess`` (unit tests).
     """
 
     def __init__(self, reactor: Any, executable: str, env: dict[str, str], *,
                  clock: Any = None, timeout: float = DEFAULT_TIMEOUT,
-                 retries: int = DEFAULT_RETRIES,
+                 retries: int = DEFAULT_RETRIES, first_retry_delay: float = FIRST_RETRY_DELAY,
                  spawn: Callable[..., Any] | None = None) -> None:
         self.executable = executable
         self.env = dict(env)
         self.clock = clock or reactor
         self.timeout = timeout
         self.retries = retries
-        self._spawn = spawn or reactor.spawnProcess
+        self.first_retry_delay = first_retry_delay
+        self._spawn = spawn or getattr(reactor, "spawnProcess", None)
         #: Every call made, newest last (args, status): our vbox_trace.txt.
         self.trace: list[tuple[tuple[str, ...], int]] = []
 
@@ -366,7 +369,7 @@ class VBoxManageRunner:
         :raises HypervisorNotInstalled: the executable cannot be started.
         """
         doing = doing or f"VBoxManage {' '.join(args[:2])}"
-        delay = FIRST_RETRY_DELAY
+        delay = self.first_retry_delay
         attempt = 0
         while True:
             result = yield self._attempt(tuple(args), doing, timeout or self.timeout)

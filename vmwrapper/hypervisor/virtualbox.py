@@ -207,6 +207,8 @@ class VirtualBoxDriver(HypervisorDriver):
     :param clock: ``IReactorTime`` for deadlines, retries and the watcher (default: reactor).
     :param command_timeout: seconds per ordinary VBoxManage call (vboxwrapper: 45).
     :param watch_interval: seconds between checks that the VM process still lives.
+    :param retry_delay: first pause before retrying a locked session (doubles each time).
+    :param environ: the environment VBoxManage runs in (default ``os.environ``).
     :param use_api: ``"auto"`` uses ``vboxapi`` for state and pause/resume when it
         imports; False never; True requires it.
     """
@@ -220,15 +222,17 @@ class VirtualBoxDriver(HypervisorDriver):
     def __init__(self, reactor: Any, *, vboxmanage: str | None = None,
                  vbox_user_home: str | os.PathLike[str] | None = None, clock: Any = None,
                  command_timeout: float = 45.0, watch_interval: float = 0.2,
+                 retry_delay: float = 1.0, environ: dict[str, str] | None = None,
                  use_api: Any = "auto") -> None:
         super().__init__(reactor)
         self.clock = clock or reactor
-        env = dict(os.environ)
+        env = dict(os.environ if environ is None else environ)
         if vbox_user_home is not None:
             env["VBOX_USER_HOME"] = str(vbox_user_home)
         self.executable = find_vboxmanage(vboxmanage, env)
         self.runner = VBoxManageRunner(reactor, self.executable or "VBoxManage", env,
-                                       clock=self.clock, timeout=command_timeout)
+                                       clock=self.clock, timeout=command_timeout,
+                                       first_retry_delay=retry_delay)
         self.watch_interval = watch_interval
         self.api = make_control(use_api)
         self.version: VBoxVersion | None = None
@@ -519,10 +523,7 @@ class VirtualBoxDriver(HypervisorDriver):
             return None
         if state is not VMState.RUNNING:
             raise errors.VMStateError(f"cannot pause VM {name!r}: it is {state.value}")
-        if self.api is not None:
-            self.api.pause(vm.vbox_name)
-        else:
-            yield self._vbm("controlvm", vm.vbox_name, "pause", doing=f"pause VM {name}")
+        yield self._control(vm, "pause")
         return None
 
     @defer.inlineCallbacks
@@ -533,11 +534,14 @@ class VirtualBoxDriver(HypervisorDriver):
             return None
         if state is not VMState.PAUSED:
             raise errors.VMStateError(f"cannot resume VM {name!r}: it is {state.value}")
-        if self.api is not None:
-            self.api.resume(vm.vbox_name)
-        else:
-            yield self._vbm("controlvm", vm.vbox_name, "resume", doing=f"resume VM {name}")
+        yield self._control(vm, "resume")
         return None
+
+    def _control(self, vm: _VM, action: str) -> defer.Deferred[Any]:
+        """pause/resume through vboxapi when present, else ``controlvm``."""
+        if self.api is not None:
+            return defer.maybeDeferred(getattr(self.api, action), vm.vbox_name)
+        return self._vbm("controlvm", vm.vbox_name, action, doing=f"{action} VM {vm.vbox_name}")
 
     @defer.inlineCallbacks
     def _snapshots(self, vm: _VM) -> Any:
@@ -556,7 +560,7 @@ class VirtualBoxDriver(HypervisorDriver):
         snapshot = f"boinc_{int(self.clock.seconds() * 1000)}"
         # vboxwrapper: create_snapshot pauses first to avoid a live snapshot.
         if state is VMState.RUNNING:
-            yield self.pause(name)
+            yield self._control(vm, "pause")
         try:
             yield self._vbm("snapshot", vm.vbox_name, "take", snapshot,
                             doing=f"take snapshot {snapshot} of {vm.vbox_name}",
@@ -567,7 +571,7 @@ class VirtualBoxDriver(HypervisorDriver):
             raise errors.CheckpointFailed(f"snapshot of VM {name!r} failed: {failure}") from None
         finally:
             if state is VMState.RUNNING:
-                yield self.resume(name)
+                yield self._control(vm, "resume")
         # Only now that the new snapshot exists: delete the older ones, newest first
         # (vboxwrapper: cleanup_snapshots; older-first fails on a disk with 2 children).
         entries = yield self._snapshots(vm)
