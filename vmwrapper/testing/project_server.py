@@ -48,6 +48,7 @@ class RpcRecord:
     received_at: float
     request: proto.SchedulerRequest
     raw_request: str
+    content: proto.ReplyContent
     reply: str
 
 
@@ -64,7 +65,6 @@ class _ProjectState:
         self.uploads: dict[str, bytes] = {}
         self.trickles: list[ReceivedTrickle] = []
         self.trickle_downs: list[proto.TrickleDown] = []
-        self.sent_trickle_downs: list[proto.TrickleDown] = []
         self.rpcs: list[RpcRecord] = []
         self.next_hostid = FIRST_HOSTID
         self.acknowledge_trickles = True
@@ -228,11 +228,6 @@ class ProjectServer:
         with self._state.changed:
             return list(self._state.rpcs)
 
-    @property
-    def sent_trickle_downs(self) -> list[proto.TrickleDown]:
-        with self._state.changed:
-            return list(self._state.sent_trickle_downs)
-
     def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float) -> T:
         """Block until ``probe()`` (called under the server's lock) returns non-None."""
         found: list[T] = []
@@ -283,12 +278,14 @@ class ProjectServer:
 
         return self.wait_for("matching trickle-up", probe, timeout)
 
-    def wait_for_trickle_down_sent(self, result_name: str, timeout: float = 30) -> proto.TrickleDown:
-        """Until a reply has carried a trickle-down for ``result_name``."""
+    def wait_for_trickle_down_sent(self, result_name: str, timeout: float = 30) -> RpcRecord:
+        """Until a reply has carried a trickle-down for ``result_name``; returns that RPC."""
         return self.wait_for(
             f"trickle-down sent to {result_name}",
             lambda: next(
-                (t for t in self._state.sent_trickle_downs if t.result_name == result_name), None
+                (rpc for rpc in self._state.rpcs
+                 if any(t.result_name == result_name for t in rpc.content.trickle_downs)),
+                None,
             ),
             timeout,
         )
@@ -320,11 +317,10 @@ class ProjectServer:
             content.message_ack = bool(request.trickles) and state.acknowledge_trickles
             content.workunits, state.unsent = state.unsent, []
             content.trickle_downs, state.trickle_downs = state.trickle_downs, []
-            state.sent_trickle_downs.extend(content.trickle_downs)
             reply = proto.scheduler_reply(
                 self.project_name, self.url, self.download_url, self.upload_url, content
             )
-            state.rpcs.append(RpcRecord(now, request, body, reply))
+            state.rpcs.append(RpcRecord(now, request, body, content, reply))
             state.changed.notify_all()
         log.info(
             "RPC from host %d: %d results, %d trickles, sent %d work units",
