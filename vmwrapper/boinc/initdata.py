@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import pathlib
+import platform
+import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,6 +219,34 @@ def parse_init_data(data: bytes) -> InitData:
             f"fraction_done_end {init.fraction_done_end} must satisfy 0 <= start <= end <= 1"
         )
     return init
+
+
+def standalone_init_data(slot_dir: str | pathlib.Path = ".") -> InitData:
+    """Settings for a run without a client (from a shell, for a test or a demo).
+
+    Names say ``standalone``; the host is described as it is (processors,
+    memory, free disk of *slot_dir*); one CPU; checkpoints every 300 s.
+    """
+    slot = pathlib.Path(slot_dir).resolve()
+    host = HostInfo(p_ncpus=os.cpu_count() or 1, os_name=platform.system())
+    try:
+        host.m_nbytes = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        pass  # not available on this platform: 0 = unknown, as the client says
+    try:
+        host.d_free = float(shutil.disk_usage(slot).free)
+    except OSError:
+        pass
+    return InitData(
+        app_name="standalone",
+        wu_name="standalone",
+        result_name="standalone_0",
+        project_dir=str(slot),
+        boinc_dir=str(slot),
+        checkpoint_period=DEFAULT_CHECKPOINT_PERIOD,
+        ncpus=1.0,
+        host_info=host,
+    )
 
 
 def read_init_data(path: str | pathlib.Path) -> InitData:

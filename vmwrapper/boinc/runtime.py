@@ -18,6 +18,16 @@ its own: a VM wrapper must save or stop its VM before exiting, and only the
 application knows how. Exits happen only through :meth:`BoincRuntime.finish`,
 :meth:`BoincRuntime.temporary_exit` and :meth:`BoincRuntime.abort_exit`.
 
+Typical use::
+
+    runtime = BoincRuntime(listener=MyListener())
+    try:
+        init = runtime.init()
+    except BoincApiError as error:   # damaged slot: may be fine next time
+        log(str(error))
+        runtime.temporary_exit(RESTART_DELAY, str(error))
+    runtime.start()
+
 Facts in ``boinc_protocol.md``; the loop's cost is measured by
 ``bench/bench_boinc_status_loop.py`` (it runs for days: keep it cheap).
 """
@@ -34,7 +44,12 @@ from twisted.internet.interfaces import IReactorTime
 
 from vmwrapper.boinc.errors import BoincApiError, SharedMemoryError, SlotError
 from vmwrapper.boinc.exitcodes import MAX_TEMPORARY_EXIT_DELAY, ExitStatus
-from vmwrapper.boinc.initdata import INIT_DATA_FILE, InitData, read_init_data
+from vmwrapper.boinc.initdata import (
+    INIT_DATA_FILE,
+    InitData,
+    read_init_data,
+    standalone_init_data,
+)
 from vmwrapper.boinc.log import log
 from vmwrapper.boinc.shmem import MMAP_FILE_NAME, Channel, SharedMemory
 from vmwrapper.boinc.trickle import HAVE_TRICKLE_DOWN, TrickleUpQueue, take_trickle_down_files
@@ -177,7 +192,8 @@ class BoincRuntime:
         """Read ``init_data.xml`` and map the shared memory.
 
         Without ``init_data.xml`` the app runs standalone (from a shell):
-        defaults, no shared memory; status and trickle calls do nothing.
+        :func:`~.initdata.standalone_init_data`, no shared memory; status and
+        trickle calls do nothing, finish and temporary exit still write their files.
 
         :raises BoincApiError: ``init_data.xml`` is malformed, names SysV shared
             memory, or ``boinc_mmap_file`` is missing or unusable. The slot may
@@ -188,7 +204,7 @@ class BoincRuntime:
         self._last_checkpoint = self._last_heartbeat = self._last_client_check = now
         if not init_path.exists():
             self.standalone = True
-            self.init_data = InitData()
+            self.init_data = standalone_init_data(self.slot_dir)
             return self.init_data
         init_data = read_init_data(init_path)
         if init_data.shm_key != -1:
@@ -335,6 +351,16 @@ class BoincRuntime:
         self.stop()
         content = f"{seconds}\n{reason}\n" + ("notice\n" if notice else "")
         self._write_slot_file(TEMPORARY_EXIT_FILE, content)
+        self._exit(0)
+
+    def quit_exit(self) -> None:
+        """Exit 0 without a file, the answer to ``<quit/>`` once the work is saved.
+
+        The client expects this exit and restarts the task when it schedules
+        it again; it is not counted as a premature exit.
+        """
+        self._finishing = True
+        self.stop()
         self._exit(0)
 
     def abort_exit(self) -> None:

@@ -76,6 +76,10 @@ def test_standalone_without_init_data(make_runtime, tmp_path, clock, exits):
     init = rt.init()
     assert rt.standalone is True
     assert init.effective_checkpoint_period == 300
+    assert (init.result_name, init.ncpus, init.fraction_done_end) == ("standalone_0", 1.0, 1.0)
+    assert init.host_info.p_ncpus == os.cpu_count()
+    assert init.host_info.m_nbytes > 0 and init.host_info.d_free > 0
+    assert init.project_dir == str(slot.resolve())
     rt.start()
     rt.fraction_done = 0.5
     trickle = rt.send_trickle_up("vmstatus", "<x/>")
@@ -425,6 +429,16 @@ def test_bad_temporary_exit_is_refused(runtime, slot, exits, delay, reason, erro
     with pytest.raises(ValueError, match=error):
         runtime.temporary_exit(delay, reason)
     assert not (slot / "boinc_temporary_exit").exists() and exits == []
+
+
+def test_quit_exit_is_0_without_files(runtime, slot, client, clock, exits):
+    runtime.quit_exit()
+    assert exits == [0]
+    assert not (slot / "boinc_finish_called").exists()
+    assert not (slot / "boinc_temporary_exit").exists()
+    status(client)
+    clock.advance(5)
+    assert status(client) is None
 
 
 def test_abort_exit_is_194(runtime, exits):
