@@ -9,6 +9,7 @@ pause, checkpoint and restore checks observe real effects.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer, task
 
-from tests.fakes.vboxmanage import FAKE_VBOXMANAGE
+from tests.fakes.vboxmanage import FAKE_VBOXMANAGE, fake_vm_pids, kill_fake_vms
 from tests.integration.hypervisor.harness import DriverHarness, GuestSample
 from vmwrapper.hypervisor.base import VMSpec
 from vmwrapper.hypervisor.virtualbox import VirtualBoxDriver, vbox_vm_name
@@ -35,31 +36,6 @@ def write_fake_qcow2(path: Path, virtual_size: int = 1 << 30) -> Path:
     return path
 
 
-def fake_vm_pids(root: Path) -> list[int]:
-    """Live fake VM processes whose VM folder is under ``root``."""
-    marker = f"--vm-folder {root}"
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError, UnicodeDecodeError):
-            continue
-        if "fake_vm_process.py" in cmdline and (marker + "/") in cmdline and state != "Z":
-            found.append(int(entry))
-    return found
-
-
-def kill_fake_vms(root: Path) -> None:
-    for pid in fake_vm_pids(root):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 class FakeGuestObserver:
     """Reads the fake guests' memory files (``GuestObserver`` for the fake VMs)."""
 
@@ -68,8 +44,6 @@ class FakeGuestObserver:
         self.vm_dirs = vm_dirs
 
     def _ram(self, name: str) -> dict | None:
-        import json
-
         path = self.vm_dirs[name] / vbox_vm_name(name) / "fake-vm-ram.json"
         try:
             return json.loads(path.read_text())
