@@ -10,7 +10,9 @@ transactions (BEGIN/COMMIT/ABORT) and replace the rest:
   negotiated as the spec says and run by the connection's writer thread
   and read timeout, not by a timer thread per beat.
 * SEND and SUBSCRIBE are authorised with
-  :func:`vmcontroller.destinations.allowed`.
+  :func:`vmcontroller.destinations.allowed`; every SEND is stamped with
+  ``user-id: <login>`` (a different claimed ``user-id`` is refused, as
+  RabbitMQ does), so receivers know which login sent a message.
 * ACK and NACK work in every version (1.2 by the MESSAGE ``ack`` header,
   1.0/1.1 by ``message-id``).
 * Every error is answered with an ERROR frame (``message`` header, the
@@ -121,6 +123,13 @@ class _BrokerRules:
     def send(self, frame: CoilFrame) -> None:
         destination = self._destination(frame)
         self._authorise(destination, Action.SEND)
+        # Stamp the sender's login, as RabbitMQ validates it: receivers can
+        # trust ``user-id`` on either broker.
+        login = self.connection.account.login
+        claimed = frame.headers.get("user-id")
+        if claimed is not None and claimed != login:
+            raise AuthError(f"user-id {claimed!r} does not match login {login!r}")
+        frame.headers["user-id"] = login
         if destination.startswith("/queue/"):
             self.engine.queue_manager.send(frame)
         else:
