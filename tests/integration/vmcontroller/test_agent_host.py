@@ -1,0 +1,222 @@
+"""Host controller and guest agent as separate processes, over real brokers.
+
+Each test runs twice: through the embedded broker and through RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.integration.vmcontroller.conftest import wait_until
+from vmcontroller.protocol import ErrorCode, RemoteError
+from vmcontroller.transfer import TransferError
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie still answers kill(0): look at its state
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_hello_and_ping(harness):
+    agent = harness.ready_agent()
+    status = {s.vm_id: s for s in harness.host.connected_vms()}[agent.vm_id]
+    assert status.hello.agent_id == agent.vm_id
+    assert status.hello.capabilities["protocol"] == 1
+    assert "run" in status.hello.capabilities["commands"]
+    assert harness.call(harness.host.ping, agent.vm_id) >= 0
+
+
+def test_run_streams_output_and_reports_exit_code_and_rusage(harness):
+    agent = harness.ready_agent()
+    chunks = []
+    script = (
+        "for i in 1 2 3; do echo line$i; sleep 0.2; done; echo oops >&2; "
+        "python3 -c 'sum(range(3000000))'; exit 7"
+    )
+    result = harness.call(
+        harness.host.run, agent.vm_id, shell=script,
+        on_output=lambda stream, data: chunks.append((time.monotonic(), stream, data)),
+    )  # fmt: skip
+    stdout = b"".join(data for _, stream, data in chunks if stream == "stdout")
+    stderr = b"".join(data for _, stream, data in chunks if stream == "stderr")
+    assert stdout == b"line1\nline2\nline3\n"
+    assert stderr == b"oops\n"
+    out_times = [t for t, stream, _ in chunks if stream == "stdout"]
+    assert len(out_times) == 3 and out_times[-1] - out_times[0] >= 0.3, "output was not streamed"
+    assert result.code == 7 and result.signal is None and not result.timed_out
+    assert result.rusage["ru_utime"] + result.rusage["ru_stime"] > 0.01
+    assert result.rusage["ru_maxrss"] > 0
+    assert result.wall_time >= 0.6
+
+
+def test_run_argv_env_cwd_and_stdin(harness):
+    agent = harness.ready_agent()
+    os.makedirs(agent.work_dir / "sub", exist_ok=True)
+    out = []
+    result = harness.call(
+        harness.host.run, agent.vm_id,
+        argv=["sh", "-c", 'pwd; echo "$GREETING"; cat'], env={"GREETING": "hi there"},
+        cwd="sub", stdin="from stdin\n", on_output=lambda s, d: out.append(d),
+    )  # fmt: skip
+    assert result.code == 0
+    assert b"".join(out) == f"{agent.work_dir.resolve()}/sub\nhi there\nfrom stdin\n".encode()
+
+
+def test_spawn_failure_is_an_error_reply(harness):
+    agent = harness.ready_agent()
+    with pytest.raises(RemoteError) as info:
+        harness.call(harness.host.run, agent.vm_id, argv=["/no/such/program"])
+    assert info.value.code == ErrorCode.SPAWN_FAILED
+
+
+@pytest.mark.parametrize("how", ["timeout", "kill"])
+def test_timeout_and_kill_end_the_whole_process_tree(harness, how):
+    agent = harness.ready_agent()
+    pids = []
+    script = "sleep 60 & echo $!; (sleep 60; echo never) & echo $!; echo $$; wait"
+
+    def collect(stream, data):
+        pids.extend(int(word) for word in data.split())
+
+    def start():
+        return harness.host.run(
+            agent.vm_id, shell=script, on_output=collect,
+            timeout=1.0 if how == "timeout" else None,
+        )  # fmt: skip
+
+    command = harness.call(lambda: _fired(start()))
+    wait_until(lambda: len(pids) == 3, 10, "the tree's pids")
+    assert not any(_gone(pid) for pid in pids)
+    if how == "kill":
+        ok = harness.call(harness.host.kill, agent.vm_id, command.seq)
+        assert ok.detail["target"] == command.seq
+    result = harness.call(lambda: command.deferred, timeout=20)
+    if how == "timeout":
+        assert result.timed_out and not result.killed
+    else:
+        assert result.killed and not result.timed_out
+    assert result.signal == signal.SIGTERM and result.code is None
+    wait_until(lambda: all(_gone(pid) for pid in pids), 5, "every process of the tree to end")
+
+
+class _fired:
+    """Hand a CommandDeferred back through HostReactor.call without waiting on it."""
+
+    def __init__(self, deferred):
+        self.deferred = deferred
+        self.seq = deferred.seq
+
+
+def test_twenty_concurrent_commands(harness):
+    agent = harness.ready_agent()
+    spans = {}
+
+    def start_all():
+        from twisted.internet import defer
+
+        runs = []
+        for n in range(20):
+            out = []
+            spans[n] = out
+            runs.append(harness.host.run(
+                agent.vm_id, shell=f"date +%s.%N; sleep 1; echo {n}; date +%s.%N",
+                on_output=lambda s, d, out=out: out.append(d),
+            ))  # fmt: skip
+        return defer.gatherResults(runs)
+
+    results = harness.call(start_all, timeout=60)
+    assert [r.code for r in results] == [0] * 20
+    starts, ends = [], []
+    for n, out in spans.items():
+        first, number, last = b"".join(out).split()
+        assert int(number) == n
+        starts.append(float(first))
+        ends.append(float(last))
+    assert max(starts) < min(ends), "the commands did not run concurrently"
+
+
+def _make_file(path, size):
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as handle:
+        for n in range(size >> 20):
+            handle.write(block[n % 251 :] + block[: n % 251])
+        handle.write(block[: size & ((1 << 20) - 1)])
+
+
+def _sha256(path):
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def test_200_mib_file_both_ways_with_checksum(harness, tmp_path):
+    agent = harness.ready_agent()
+    source = tmp_path / "source.bin"
+    _make_file(source, 200 * 1024 * 1024)
+    expected = _sha256(source)
+    put = harness.call(harness.host.put_file, agent.vm_id, str(source), "in/data.bin", timeout=120)
+    assert put.size == 200 * 1024 * 1024 and put.sha256 == expected
+    assert _sha256(agent.work_dir / "in/data.bin") == expected
+    back = tmp_path / "back.bin"
+    got = harness.call(harness.host.get_file, agent.vm_id, "in/data.bin", str(back), timeout=120)
+    assert got.sha256 == expected and _sha256(back) == expected
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
+
+
+@pytest.mark.parametrize(
+    "path", ["../outside.txt", "/etc/hostname", "sub/../../x", "escape/target.txt"]
+)
+def test_paths_outside_the_work_dir_are_refused(harness, tmp_path, path):
+    agent = harness.ready_agent()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "target.txt").write_text("keep me")
+    os.makedirs(agent.work_dir, exist_ok=True)
+    (agent.work_dir / "escape").symlink_to(outside)
+    local = tmp_path / "local.txt"
+    local.write_text("payload")
+    with pytest.raises(TransferError) as put:
+        harness.call(harness.host.put_file, agent.vm_id, str(local), path)
+    with pytest.raises(TransferError) as got:
+        harness.call(harness.host.get_file, agent.vm_id, path, str(tmp_path / "got"))
+    with pytest.raises(RemoteError) as run:
+        harness.call(harness.host.run, agent.vm_id, argv=["true"], cwd=path)
+    for error in (put.value, got.value, run.value):
+        assert error.code == ErrorCode.PATH_REFUSED
+    assert (outside / "target.txt").read_text() == "keep me"
+    assert not (tmp_path / "got").exists()
+
+
+def test_heartbeat_loss_is_detected_within_three_intervals(harness):
+    interval = 1.0
+    agent = harness.ready_agent(heartbeat=interval)
+    lost = []
+    harness.call(harness.host.add_listener, on_lost=lambda vm: lost.append(time.monotonic()))
+    harness.call(harness.host.ping, agent.vm_id)
+    os.kill(agent.process.pid, signal.SIGSTOP)  # hung guest: TCP stays up, nothing is said
+    stopped = time.monotonic()
+    try:
+        wait_until(lambda: lost, 6 * interval, "the VM to be declared lost")
+        status = {s.vm_id: s for s in harness.host.vms.values()}[agent.vm_id]
+        assert status.lost
+        # measured on the host's clock from the last message it got
+        assert lost[0] - stopped <= 3 * interval + 0.25
+    finally:
+        os.kill(agent.process.pid, signal.SIGCONT)
+    wait_until(lambda: not harness.host.vms[agent.vm_id].lost, 10, "the VM to come back")
