@@ -116,3 +116,18 @@ def test_log_line_format():
     log.normal("hidden")
     log.debug("hidden")
     assert out.getvalue() == "1970-01-01 00:00:00.0000 UTC [warning] w\n"
+
+
+def test_driver_errors_are_sorted_into_retry_and_reconnect():
+    import pymysql
+
+    from trickle_handler.db import ConnectionLostError, MySQLDatabase, RetryableError
+
+    db = MySQLDatabase(parse_database_url("mysql://root@127.0.0.1/x"))
+    err = pymysql.err.OperationalError
+    assert db._classify(err(1213, "Deadlock found")) is RetryableError
+    assert db._classify(err(1205, "Lock wait timeout exceeded")) is RetryableError
+    assert db._classify(err(2013, "Lost connection")) is ConnectionLostError
+    assert db._classify(err(2006, "MySQL server has gone away")) is ConnectionLostError
+    assert db._classify(pymysql.err.InterfaceError(0, "")) is ConnectionLostError
+    assert db._classify(pymysql.err.ProgrammingError(1146, "Table doesn't exist")) is None
