@@ -319,6 +319,9 @@ class BoincRuntime:
         :param notice: show *message* as a notice rather than in the task list.
         :returns: a Deferred firing with *status* after ``exit`` was called
             (tests inject an ``exit`` that returns).
+
+        Trickles still queued are lost: wait for the Deferreds of
+        :meth:`send_trickle_up` before finishing.
         :raises SlotError: the finish file cannot be written.
         """
         self._finishing = True
