@@ -121,8 +121,10 @@ class ProjectServer:
     # -- lifecycle --------------------------------------------------------
     def start(self) -> ProjectServer:
         if self._thread is None:
+            # A short poll interval makes stop() quick; the idle cost is negligible.
             self._thread = threading.Thread(
-                target=self._httpd.serve_forever, name=f"boinc-project-{self.port}", daemon=True
+                target=self._httpd.serve_forever, args=(0.05,),
+                name=f"boinc-project-{self.port}", daemon=True,
             )
             self._thread.start()
         return self
@@ -341,6 +343,9 @@ class ProjectServer:
                 return proto.upload_reply(0, file_size=len(have))
             state.uploads[upload.file_name] = have[: upload.offset] + upload.data
             state.changed.notify_all()
+        if not upload.complete:
+            # Keep what came; the client retries and asks for the size first.
+            return proto.upload_reply(1, message=f"{upload.file_name}: upload truncated")
         return proto.upload_reply(0)
 
     def download(self, name: str) -> bytes | None:

@@ -144,6 +144,13 @@ class UploadRequest:
     offset: int = 0
     data: bytes = b""
     size_query: bool = False
+    #: the file's full size, ``<nbytes>``; data beyond ``nbytes - offset`` is dropped
+    nbytes: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """False when the connection delivered less than the announced bytes."""
+        return self.offset + len(self.data) >= self.nbytes
 
 
 @dataclass
@@ -258,10 +265,15 @@ def parse_upload_request(body: bytes) -> UploadRequest:
     if "<file_upload>" not in text or not sep:
         raise ProtocolError(f"<data_server_request> with neither a size query nor data: {text[:200]!r}")
     info = _value(text, "file_info")
+    offset = _number(text, "offset", int, "0")
+    nbytes = _number(text, "nbytes", int, str(offset + len(data)))
+    if offset < 0 or offset > nbytes:
+        raise ProtocolError(f"upload offset {offset} outside the file's {nbytes} bytes")
     return UploadRequest(
         file_name=_value(info, "name"),
-        offset=_number(text, "offset", int, "0"),
-        data=data,
+        offset=offset,
+        data=data[: nbytes - offset],
+        nbytes=nbytes,
     )
 
 
