@@ -194,6 +194,8 @@ class TransferSender:
         self._next = 0
         self._started = False
         self._end_sent = False
+        #: Payload bytes sent so far, resends included (how much resuming saved).
+        self.bytes_sent = 0
         self._watchdog = _Watchdog(clock, sync_after, give_up_after, self.resync, self._give_up)
 
     @property
@@ -288,6 +290,7 @@ class TransferSender:
                 self._hashed = offset + len(chunk)
             if not _safe_send(self._send, Data(self.transfer_id, offset), chunk):
                 return  # connection down: the next sync rewinds us
+            self.bytes_sent += len(chunk)
             self._next = offset + len(chunk)
         if self._acked >= self.size and not self._end_sent:
             self._end_sent = _safe_send(
@@ -345,6 +348,8 @@ class TransferReceiver:
         self._hasher = hashlib.sha256()
         self._gap_reported_at = -1
         self._request_resend = request_resend
+        #: Payload bytes received, duplicates included (how much resuming saved).
+        self.bytes_received = 0
         self._watchdog = _Watchdog(
             clock,
             sync_after,
@@ -362,6 +367,7 @@ class TransferReceiver:
         """A chunk arrived; write it if it is the next one, ack, or report a gap."""
         if self.done.called:
             return
+        self.bytes_received += len(payload)
         if message.offset == self.offset:
             new_offset = self.offset + len(payload)
             if self.max_size is not None and new_offset > self.max_size:

@@ -169,8 +169,9 @@ class HostController:
         self._hello_waiters: dict[str, list[defer.Deferred[Hello]]] = {}
         self._lost_listeners: list[Callable[[str], None]] = []
         self._hello_listeners: list[Callable[[str, Hello], None]] = []
-        self._senders: dict[str, TransferSender] = {}
-        self._receivers: dict[str, TransferReceiver] = {}
+        #: Transfers in progress by id: puts (we send) and gets (we receive).
+        self.senders: dict[str, TransferSender] = {}
+        self.receivers: dict[str, TransferReceiver] = {}
         self._transfer_requests: dict[int, str] = {}  # put/get seq -> transfer id
         self._connected = False
 
@@ -187,9 +188,9 @@ class HostController:
         for status in self.vms.values():
             self._cancel_deadline(status)
         self._requests.fail_all(ConnectionLostError("host controller stopped"))
-        for sender in list(self._senders.values()):
+        for sender in list(self.senders.values()):
             sender.cancel("io_error", "host controller stopped")
-        for receiver in list(self._receivers.values()):
+        for receiver in list(self.receivers.values()):
             receiver.fail("io_error", "host controller stopped")
         return self.session.stop()
 
@@ -319,7 +320,7 @@ class HostController:
             self.window,
             sync_after=self.transfer_sync_after,
         )
-        self._senders[tid] = sender
+        self.senders[tid] = sender
         self._transfer_requests[seq] = tid
         sender.start()
         return sender.done.addBoth(_pass_after, self._forget_transfer, tid, seq)
@@ -348,7 +349,7 @@ class HostController:
             )
         except OSError as problem:
             return defer.fail(TransferError("io_error", f"{destination}: {problem.strerror}"))
-        self._receivers[tid] = receiver
+        self.receivers[tid] = receiver
         self._transfer_requests[seq] = tid
         request(0)
         return receiver.done.addBoth(_pass_after, self._forget_transfer, tid, seq)
@@ -376,8 +377,8 @@ class HostController:
                 raise  # the transfer notices and resyncs later
 
     def _forget_transfer(self, tid: str, seq: int) -> None:
-        self._senders.pop(tid, None)
-        self._receivers.pop(tid, None)
+        self.senders.pop(tid, None)
+        self.receivers.pop(tid, None)
         self._transfer_requests.pop(seq, None)
 
     def _on_connect(self, protocol: Any) -> None:
@@ -387,7 +388,7 @@ class HostController:
         for status in self.vms.values():
             if status.alive:
                 self._arm_deadline(status)
-        for sender in list(self._senders.values()):
+        for sender in list(self.senders.values()):
             sender.resync()
 
     def _on_disconnect(self, reason: Failure) -> None:
@@ -526,35 +527,35 @@ class HostController:
         )
 
     def _on_data(self, vm_id: str, message: Data, payload: bytes) -> None:
-        receiver = self._receivers.get(message.transfer_id)
+        receiver = self.receivers.get(message.transfer_id)
         if receiver is not None:
             receiver.on_data(message, payload)
 
     def _on_data_end(self, vm_id: str, message: DataEnd, payload: bytes) -> None:
-        receiver = self._receivers.get(message.transfer_id)
+        receiver = self.receivers.get(message.transfer_id)
         if receiver is not None:
             receiver.on_end(message)
 
     def _on_data_sync(self, vm_id: str, message: DataSync, payload: bytes) -> None:
-        receiver = self._receivers.get(message.transfer_id)
+        receiver = self.receivers.get(message.transfer_id)
         if receiver is not None:
             receiver.on_sync(message)
 
     def _on_data_ack(self, vm_id: str, message: DataAck, payload: bytes) -> None:
-        sender = self._senders.get(message.transfer_id)
+        sender = self.senders.get(message.transfer_id)
         if sender is not None:
             sender.on_ack(message)
 
     def _on_transfer_done(self, vm_id: str, message: TransferDone, payload: bytes) -> None:
-        sender = self._senders.get(message.transfer_id)
+        sender = self.senders.get(message.transfer_id)
         if sender is not None:
             sender.on_done(message)
 
     def _on_transfer_failed(self, vm_id: str, message: TransferFailed, payload: bytes) -> None:
-        sender = self._senders.get(message.transfer_id)
+        sender = self.senders.get(message.transfer_id)
         if sender is not None:
             sender.on_failed(message)
-        receiver = self._receivers.get(message.transfer_id)
+        receiver = self.receivers.get(message.transfer_id)
         if receiver is not None:
             receiver.on_failed(message)
 
