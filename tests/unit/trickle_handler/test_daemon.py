@@ -180,3 +180,21 @@ def test_lock_conflict_rolls_back_and_retries(project):
     blocker.close()
     clock.pump([1] * 5)
     assert status == [0] and handled(db) == 2
+
+
+def test_percentile_clamp_from_the_hosts_table(project):
+    url, db = project
+    fill(db, n_results=2, per_result=1)
+    db.begin()
+    # Twelve hosts with recent credit (> 10) and speeds 1..12 GFLOPS; one without, at 50 GFLOPS.
+    seed.add_hosts(db, [(10 + i, 1, 1, i * 1e9) for i in range(1, 13)])
+    seed.add_hosts(db, [(30, 1, 1, 5e10)])
+    db.execute("UPDATE host SET expavg_credit = 20 WHERE id BETWEEN 11 AND 22")
+    db.execute("UPDATE host SET p_fpops = 9e11 WHERE id = 1")
+    db.commit()
+    handler = BatchHandler(db, lambda: SENT + 7200, policy=Policy(max_runtime=1e6))
+    p = handler.refresh_percentiles()
+    assert (p.p50, p.p95, p.hosts, p.active) == (7e9, 12e9, 12, True)  # rows 6 and 11 of 12
+    handler.run_batch()
+    credit = dict(db.query("SELECT id, total_credit FROM host WHERE id IN (1, 2)"))
+    assert credit == {1: cobblestones(3600, 12e9), 2: cobblestones(3600, 1e9)}
