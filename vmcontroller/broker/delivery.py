@@ -244,9 +244,11 @@ class DeliveryQueueManager(_AckTracking, QueueManager):
 
     kind = "q"
 
-    def __init__(self, store=None) -> None:
+    def __init__(self, store=None, max_queued: int | None = None) -> None:
         QueueManager.__init__(self, store if store is not None else MemoryQueue())
         _AckTracking.__init__(self)
+        #: Messages a queue may hold; a SEND beyond is refused (None: no limit).
+        self.max_queued = max_queued
 
     # coilmq's QueueManager API ------------------------------------------------
 
@@ -283,6 +285,10 @@ class DeliveryQueueManager(_AckTracking, QueueManager):
             if not self.store.has_frames(dest):
                 sub = self._subs.next_with_room(dest)
             if sub is None:
+                if self.max_queued is not None and self.store.size(dest) >= self.max_queued:
+                    raise DeliveryError(
+                        f"queue {dest} is full ({self.max_queued} messages waiting)"
+                    )
                 self.store.enqueue(dest, message)
                 return
             if sub.needs_ack:

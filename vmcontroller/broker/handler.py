@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import select
 import socket
 import uuid
 from collections.abc import Iterator
@@ -89,7 +90,8 @@ class BrokerRequestHandler(StompRequestHandler):
             )
         )
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.request.settimeout(config.connect_timeout)
+        self.request.settimeout(None)
+        self.last_seen = config.clock()
         self.outbox = Outbox(
             self.request,
             max_bytes=config.outbox_max_bytes,
@@ -101,8 +103,6 @@ class BrokerRequestHandler(StompRequestHandler):
         self.server.register(self)
 
     def handle(self) -> None:
-        clock = self.server.config.clock
-        self.last_seen = clock()
         try:
             for frame in self.iter_frames():
                 if self.engine is None:
@@ -122,25 +122,33 @@ class BrokerRequestHandler(StompRequestHandler):
         self.server.unregister(self)
 
     def iter_frames(self) -> Iterator[CoilFrame]:
-        """Frames from the socket until EOF, an error, or a missed heart-beat."""
+        """Frames from the socket until EOF, an error, or a missed deadline.
+
+        Deadlines (CONNECT within ``connect_timeout``, client heart-beats)
+        are waited for with poll(), never with a socket timeout: the writer
+        thread shares the socket and must not time out on a slow reader.
+        """
         clock = self.server.config.clock
         sock = self.request
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
         # recv_into a reused buffer: recv(256 KiB) would allocate (mmap) and
         # shrink a fresh 256 KiB object on every call, ~10 us each.
         buffer = bytearray(_RECV_SIZE)
         view = memoryview(buffer)
         while not self.outbox.closing:
-            try:
-                size = sock.recv_into(buffer)
-            except TimeoutError:
+            wait = self._read_deadline()
+            if wait is not None and not poller.poll(max(0.0, wait - clock()) * 1000):
+                if clock() < wait:
+                    continue
                 if self.engine is None:
                     self.fail("no CONNECT frame received in time")
-                    return
-                if self.receive_timeout and clock() - self.last_seen > self.receive_timeout:
+                else:
                     log.info("connection %s: client heart-beats stopped", self.number)
                     self.close()
-                    return
-                continue
+                return
+            try:
+                size = sock.recv_into(buffer)
             except OSError:
                 return
             if not size:
@@ -154,6 +162,14 @@ class BrokerRequestHandler(StompRequestHandler):
                 self.fail(error.message, code=error.code)
                 return
             yield from self.buffer
+
+    def _read_deadline(self) -> float | None:
+        """When silence from the client becomes fatal (clock time), or None."""
+        if self.engine is None:
+            return self.last_seen + self.server.config.connect_timeout
+        if self.receive_timeout:
+            return self.last_seen + self.receive_timeout
+        return None
 
     def _start_engine(self, first: CoilFrame) -> None:
         try:
@@ -171,8 +187,6 @@ class BrokerRequestHandler(StompRequestHandler):
             topic_manager=self.server.topic_manager,
             protocol=protocol_class,
         )
-        # After CONNECT the read timeout only serves heart-beat checks.
-        self.request.settimeout(None)
 
     # used by the protocol adaptors and managers ---------------------------
 
@@ -212,7 +226,6 @@ class BrokerRequestHandler(StompRequestHandler):
     def set_receive_heartbeat(self, interval: float) -> None:
         # Tolerate one late beat, as coilmq and most brokers do.
         self.receive_timeout = 2 * interval
-        self.request.settimeout(interval)
 
     # coilmq StompConnection API ---------------------------------------------
 

@@ -99,9 +99,12 @@ class _BrokerRules:
             raise ProtocolError(f"unknown or client-forbidden command {command!r}")
         transaction = frame.headers.get("transaction")
         if transaction and command not in _TRANSACTION_COMMANDS and command != "DISCONNECT":
-            if transaction not in self.engine.transactions:
+            queued = self.engine.transactions.get(transaction)
+            if queued is None:
                 raise ProtocolError(f"unknown transaction {transaction!r}")
-            self.engine.transactions[transaction].append(frame)
+            if len(queued) >= self.connection.server.config.max_transaction_frames:
+                raise ProtocolError(f"transaction {transaction!r} holds too many frames")
+            queued.append(frame)
             return
         getattr(self, name)(frame)
 
@@ -141,6 +144,8 @@ class _BrokerRules:
         self._authorise(destination, Action.SUBSCRIBE)
         if sub_id in self.connection.subscriptions:
             raise DeliveryError(f"subscription id {sub_id!r} is already in use")
+        if len(self.connection.subscriptions) >= self.connection.server.config.max_subscriptions:
+            raise DeliveryError("too many subscriptions on this connection")
         manager = self._manager(destination)
         manager.subscribe(self.connection, destination, id=sub_id, headers=frame.headers)
         self.connection.subscriptions[sub_id] = destination
@@ -159,6 +164,17 @@ class _BrokerRules:
     def nack(self, frame: CoilFrame) -> None:
         message_id = self._acked_id(frame, "NACK")
         self._ack_manager(message_id).nack(self.connection, message_id)
+
+    def begin(self, frame: CoilFrame) -> None:
+        if len(self.engine.transactions) >= self.connection.server.config.max_transactions:
+            raise ProtocolError("too many open transactions")
+        super().begin(frame)
+
+    def commit(self, frame: CoilFrame) -> None:
+        # Receipts of the queued frames were sent when they were queued.
+        for queued in self.engine.transactions.get(frame.headers.get("transaction"), ()):
+            queued.headers.pop("receipt", None)
+        super().commit(frame)
 
     def disconnect(self, frame: CoilFrame) -> None:
         self.engine.unbind()

@@ -55,6 +55,15 @@ class BrokerConfig:
     outbox_max_bytes: int = 8 * 1024 * 1024
     #: Seconds a producer waits on a stuck consumer before that consumer is dropped.
     slow_consumer_timeout: float = 30.0
+    #: Open connections beyond which new ones are closed at once.
+    max_connections: int = 256
+    #: Subscriptions one connection may hold.
+    max_subscriptions: int = 64
+    #: Frames one transaction may hold before COMMIT/ABORT; open transactions per connection.
+    max_transaction_frames: int = 1000
+    max_transactions: int = 16
+    #: Messages one queue may hold while nobody takes them; a SEND beyond is refused.
+    max_queued_messages: int = 10000
     #: Seconds stop() waits for each connection's threads.
     close_timeout: float = 5.0
     #: Monotonic time source (heart-beat schedules).
@@ -83,7 +92,7 @@ class BrokerServer(ThreadedStompServer):
             RequestHandlerClass=BrokerRequestHandler,
             timeout=None,
             authenticator=CredentialsAuthenticator(credentials),
-            queue_manager=DeliveryQueueManager(store),
+            queue_manager=DeliveryQueueManager(store, config.max_queued_messages),
             topic_manager=BroadcastTopicManager(),
         )
 
@@ -101,6 +110,15 @@ class BrokerServer(ThreadedStompServer):
     def connection_count(self) -> int:
         with self._handlers_lock:
             return len(self._handlers)
+
+    def verify_request(self, request, client_address) -> bool:
+        """Refuse (close) a connection beyond ``max_connections``, before any thread starts."""
+        if self.connection_count >= self.config.max_connections:
+            log.warning(
+                "refusing connection from %s: %d open", client_address, self.config.max_connections
+            )
+            return False
+        return True
 
     def close_connections(self, timeout: float) -> None:
         """Shut every client socket and wait for its threads."""
