@@ -33,12 +33,20 @@ class MemorySession:
         self._on_disconnect: list[Callable[[Failure], None]] = []
         self.sent: list[tuple[str, bytes]] = []
 
-    def subscribe(self, destination: str, handler: Callable[[Frame], None], ack: str = "auto",
-                  headers: dict[str, str] | None = None) -> None:
+    def subscribe(
+        self,
+        destination: str,
+        handler: Callable[[Frame], None],
+        ack: str = "auto",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.subscriptions.append((destination, handler))
 
-    def add_listener(self, on_connect: Callable[[Any], None] | None = None,
-                     on_disconnect: Callable[[Failure], None] | None = None) -> None:
+    def add_listener(
+        self,
+        on_connect: Callable[[Any], None] | None = None,
+        on_disconnect: Callable[[Failure], None] | None = None,
+    ) -> None:
         if on_connect:
             self._on_connect.append(on_connect)
         if on_disconnect:

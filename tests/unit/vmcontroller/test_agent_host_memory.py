@@ -40,14 +40,26 @@ class World:
         self.local = tmp_path / "local"
         self.local.mkdir()
         config = AgentConfig(
-            broker_host="127.0.0.1", broker_port=1, login="l", passcode="p", vm_id=VM,
-            work_dir=str(self.work), heartbeat_interval=heartbeat, max_file_size=1_000_000,
+            broker_host="127.0.0.1",
+            broker_port=1,
+            login="l",
+            passcode="p",
+            vm_id=VM,
+            work_dir=str(self.work),
+            heartbeat_interval=heartbeat,
+            max_file_size=1_000_000,
         )
         self.agent_session = self.broker.session("agent")
         self.host_session = self.broker.session("host")
         self.agent = Agent(config, self.agent_session, reactor=None, clock=self.clock)
-        self.host = HostController(self.host_session, self.clock, chunk_size=chunk_size,
-                                   window=window, transfer_sync_after=2.0, first_seq=100)
+        self.host = HostController(
+            self.host_session,
+            self.clock,
+            chunk_size=chunk_size,
+            window=window,
+            transfer_sync_after=2.0,
+            first_seq=100,
+        )
         self.lost: list[str] = []
         self.host.add_listener(on_lost=self.lost.append)
         self.host.start()
@@ -104,7 +116,9 @@ def test_unknown_and_malformed_requests_get_error_replies(world):
     replies = [decode(body)[0] for dest, body in world.agent_session.sent if dest == to_host(VM)]
     errors = [(m.re, m.code) for m in replies if isinstance(m, Error)]
     assert errors == [
-        (5, ErrorCode.UNKNOWN_TYPE), (None, ErrorCode.MALFORMED), (6, ErrorCode.MALFORMED),
+        (5, ErrorCode.UNKNOWN_TYPE),
+        (None, ErrorCode.MALFORMED),
+        (6, ErrorCode.MALFORMED),
     ]
 
 

@@ -1,0 +1,127 @@
+"""The Twisted STOMP client against in-memory transports and a Clock."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from vmcontroller.stomp.client import (
+    StompClientProtocol,
+    StompConfig,
+    StompError,
+    backoff_delay,
+)
+from vmcontroller.stomp.codec import Frame, FrameParser, encode_frame
+
+
+def _connect(heartbeat=1.0, server_hb="1000,1000", version="1.2"):
+    clock = Clock()
+    lost = []
+    proto = StompClientProtocol(
+        StompConfig("vm-a", "pw", vhost="/", heartbeat=heartbeat), clock,
+        on_lost=lambda p, reason: lost.append(reason),
+    )  # fmt: skip
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    sent = FrameParser("1.2").feed(transport.value())
+    transport.clear()
+    proto.dataReceived(
+        encode_frame(Frame("CONNECTED", {"version": version, "heart-beat": server_hb}), version)
+    )
+    return clock, proto, transport, sent, lost
+
+
+def _frames(transport, version="1.2"):
+    frames = FrameParser(version).feed(transport.value())
+    transport.clear()
+    return frames
+
+
+def test_connect_offers_both_versions_credentials_and_heartbeats():
+    _, proto, _, sent, _ = _connect()
+    (connect,) = sent
+    assert connect.command == "CONNECT"
+    assert connect.headers["accept-version"] == "1.1,1.2"
+    assert (connect.headers["login"], connect.headers["passcode"]) == ("vm-a", "pw")
+    assert connect.headers["heart-beat"] == "1000,1000"
+    assert proto.handshake.called and proto.is_connected and proto.version == "1.2"
+
+
+def test_subscribe_send_and_client_individual_ack_in_12():
+    _, proto, transport, _, _ = _connect()
+    got = []
+    sub = proto.subscribe("/queue/q", got.append, ack="client-individual")
+    proto.send("/queue/q", b"\x00body\n")
+    subscribe, send = _frames(transport)
+    assert subscribe.headers == {"destination": "/queue/q", "id": sub, "ack": "client-individual"}
+    assert send.body == b"\x00body\n"
+    message = Frame("MESSAGE", {"subscription": sub, "message-id": "m1", "ack": "a1",
+                                "destination": "/queue/q"}, b"x:y")  # fmt: skip
+    proto.dataReceived(encode_frame(message)[:7])
+    proto.dataReceived(encode_frame(message)[7:])
+    assert [f.body for f in got] == [b"x:y"]
+    (ack,) = _frames(transport)
+    assert ack.command == "ACK" and ack.headers == {"id": "a1"}
+
+
+def test_ack_in_11_names_message_and_subscription():
+    _, proto, transport, _, _ = _connect(version="1.1")
+    sub = proto.subscribe("/queue/q", lambda f: None, ack="client")
+    transport.clear()
+    proto.dataReceived(
+        encode_frame(Frame("MESSAGE", {"subscription": sub, "message-id": "m9"}), "1.1")
+    )
+    (ack,) = _frames(transport, "1.1")
+    assert ack.headers == {"message-id": "m9", "subscription": sub}
+
+
+def test_heartbeats_are_sent_when_idle():
+    clock, proto, transport, _, _ = _connect(heartbeat=1.0, server_hb="500,500")
+    clock.advance(1.0)
+    assert transport.value() == b"\n"
+    transport.clear()
+    proto.send("/queue/q", b"x")
+    transport.clear()
+    clock.advance(0.5)  # something was sent 0.5 s ago: no heart-beat needed yet
+    assert transport.value() == b""
+
+
+def test_a_silent_broker_is_declared_dead():
+    clock, proto, transport, _, _ = _connect(heartbeat=1.0, server_hb="1000,1000")
+    for _ in range(2):
+        clock.advance(1.0)
+        proto.dataReceived(b"\n")  # the broker's heart-beats keep us alive
+    assert not transport.disconnecting
+    clock.advance(2.6)  # 2.5 intervals of silence
+    assert transport.disconnecting
+
+
+def test_error_frame_before_connected_fails_the_handshake():
+    clock = Clock()
+    proto = StompClientProtocol(StompConfig("bad", "creds"), clock)
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(encode_frame(Frame("ERROR", {"message": "Authentication failed"}), "1.2"))
+    failures = []
+    proto.handshake.addErrback(failures.append)
+    assert failures[0].check(StompError) and "Authentication failed" in str(failures[0].value)
+
+
+def test_garbage_from_the_broker_aborts_the_connection():
+    _, proto, transport, _, _ = _connect()
+    proto.dataReceived(b"NOT A FRAME\nx:y\n\n\x00")
+    assert transport.disconnecting
+
+
+def test_invalid_ack_mode_is_refused():
+    _, proto, _, _, _ = _connect()
+    with pytest.raises(ValueError, match="ack mode"):
+        proto.subscribe("/queue/q", print, ack="sometimes")
+
+
+def test_backoff_grows_exponentially_with_bounded_jitter():
+    no_jitter = [backoff_delay(n, jitter=lambda: 0.0) for n in range(10)]
+    assert no_jitter[:4] == [0.2, 0.4, 0.8, 1.6] and no_jitter[-1] == 30.0
+    assert backoff_delay(3, jitter=lambda: 1.0) == pytest.approx(1.6 * 1.25)
+    with pytest.raises(ValueError):
+        backoff_delay(-1)
