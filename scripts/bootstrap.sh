@@ -12,6 +12,7 @@ APT_PACKAGES=(
     boinc-client                      # the real BOINC client the tests drive
     qemu-system-x86 qemu-utils        # the QEMU hypervisor driver
     debootstrap extlinux syslinux-common fdisk mtools genisoimage dosfstools  # appliance build
+    python3-twisted                   # guest agent tests under the appliance's Python + Twisted 22.4
 )
 
 log() { printf '[bootstrap] %s\n' "$*"; }
