@@ -7,7 +7,8 @@ one batch and never leaves half a batch behind (the database would roll it back 
 
 When the queue is empty the loop sleeps ``--sleep`` seconds, looking at the stop triggers every
 second like BOINC's ``daemon_sleep``; with ``--one_pass`` it exits 0 instead. Lost connections are
-retried with exponential backoff; lock conflicts re-run the batch at once (then with backoff).
+retried with exponential backoff (1 s doubling to 60 s); a batch rolled back by a lock conflict is
+run again after a short backoff (50 ms doubling to 2 s).
 """
 
 from __future__ import annotations
@@ -171,8 +172,7 @@ class Daemon:
             self._refresh_percentiles()
             stats = self.handler.run_batch()
         except RetryableError as exc:
-            delay = self.retry_backoff.next_delay() if self.retry_backoff.failures else 0.0
-            self.retry_backoff.failures = max(self.retry_backoff.failures, 1)
+            delay = self.retry_backoff.next_delay()
             self.log.warning(f"batch rolled back ({exc}); retrying in {delay:g}s")
             self._schedule(delay, self._step)
             return

@@ -198,3 +198,16 @@ def test_percentile_clamp_from_the_hosts_table(project):
     handler.run_batch()
     credit = dict(db.query("SELECT id, total_credit FROM host WHERE id IN (1, 2)"))
     assert credit == {1: cobblestones(3600, 12e9), 2: cobblestones(3600, 1e9)}
+
+
+def test_other_varieties_are_left_for_their_own_handler(project):
+    url, db = project
+    fill(db, n_results=2, per_result=1)
+    db.begin()
+    xml = seed.scheduler_xml("wu1_0", SENT + 60, "<status>booting</status>\n")
+    seed.store_messages(db, [seed.StoredMessage(SENT + 60, 2, "vmstatus", xml)])
+    db.commit()
+    handler = BatchHandler(db, lambda: SENT + 7200)
+    assert handler.run_batch().messages == 2
+    assert handler.run_batch().messages == 0
+    assert db.query("SELECT handled FROM msg_from_host WHERE variety = 'vmstatus'") == [(0,)]
