@@ -16,13 +16,20 @@ import sys
 from collections.abc import Sequence
 
 from trickle_handler import __version__
-from trickle_handler.batch import DEFAULT_BATCH_SIZE, BatchHandler
+from trickle_handler.batch import DEFAULT_BATCH_SIZE, BatchHandler, MessageLog
 from trickle_handler.boinclog import CRITICAL, DEBUG, NORMAL, BoincLog
 from trickle_handler.config import ConfigError, locate, stop_file
 from trickle_handler.credit import DEFAULT_MAX_FPOPS
 from trickle_handler.daemon import EXIT_FATAL, Daemon
 from trickle_handler.db import BadDatabaseURL, open_database, parse_database_url
-from trickle_handler.rules import DEFAULT_MAX_RUNTIME, DEFAULT_REPORT_GRACE, Policy
+from trickle_handler.reasons import Reason
+from trickle_handler.rules import (
+    DEFAULT_MAX_RUNTIME,
+    DEFAULT_REPORT_GRACE,
+    Grant,
+    Message,
+    Policy,
+)
 
 #: Signals that stop the daemon after the batch in progress (bin/stop sends SIGHUP).
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -149,6 +156,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def message_logger(log: BoincLog) -> MessageLog:
+    """The ``-d 4`` line per message: what it earned and why, or why it earned nothing."""
+
+    def log_message(
+        msg: Message, grant: Grant | None, reasons: tuple[Reason, ...], detail: str
+    ) -> None:
+        codes = ",".join(r.code for r in reasons)
+        if grant is None:
+            log.debug(f"msg {msg.id} host {msg.hostid}: rejected {codes} {detail}".rstrip())
+        else:
+            log.debug(
+                f"msg {msg.id} host {msg.hostid}: credited {grant.seconds:f} s"
+                f" x {grant.flops:g} FLOPS = {grant.credit:f}" + (f" ({codes})" if codes else "")
+            )
+
+    return log_message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trickle_handler`` console script."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -165,20 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     db = open_database(where.db)
     if log.enabled(DEBUG):
         db.trace = lambda sql: log.debug(f"SQL: {' '.join(sql.split())[:2000]}")
-    message_log = None
-    if log.enabled(DEBUG):
-
-        def message_log(msg, grant, reasons, detail):  # type: ignore[no-untyped-def]
-            codes = ",".join(r.code for r in reasons)
-            if grant is None:
-                log.debug(f"msg {msg.id} host {msg.hostid}: rejected {codes} {detail}".rstrip())
-            else:
-                log.debug(
-                    f"msg {msg.id} host {msg.hostid}: credited {grant.seconds:f} s"
-                    f" x {grant.flops:g} FLOPS = {grant.credit:f}"
-                    + (f" ({codes})" if codes else "")
-                )
-
+    message_log = message_logger(log) if log.enabled(DEBUG) else None
     handler = BatchHandler(
         db,
         now=reactor.seconds,
