@@ -263,7 +263,9 @@ def broker(request):
 class AgentProcess:
     """One guest agent in a child process."""
 
-    def __init__(self, broker: Any, workdir: Path, heartbeat: float) -> None:
+    def __init__(
+        self, broker: Any, workdir: Path, heartbeat: float, python: str = sys.executable
+    ) -> None:
         self.vm_id, login, passcode = broker.new_vm()
         self.work_dir = workdir / f"work-{self.vm_id}"
         self.config_path = workdir / f"agent-{self.vm_id}.json"
@@ -274,9 +276,10 @@ class AgentProcess:
             "vm_id": self.vm_id, "work_dir": str(self.work_dir),
             "heartbeat_interval": heartbeat, "vhost": broker.vhost, "kill_grace": 1.0,
         }))  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vmcontroller.guest", "--config", str(self.config_path)],
-            stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"), cwd=ROOT,
+            [python, "-m", "vmcontroller.guest", "--config", str(self.config_path)],
+            stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"), cwd=ROOT, env=env,
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -318,13 +321,15 @@ class Harness:
         self.hosts.append(host)
         return host
 
-    def agent(self, heartbeat: float = 2.0) -> AgentProcess:
-        agent = AgentProcess(self.broker, self.workdir, heartbeat)
+    def agent(self, heartbeat: float = 2.0, python: str = sys.executable) -> AgentProcess:
+        agent = AgentProcess(self.broker, self.workdir, heartbeat, python)
         self.agents.append(agent)
         return agent
 
-    def ready_agent(self, heartbeat: float = 2.0, timeout: float = 20) -> AgentProcess:
-        agent = self.agent(heartbeat)
+    def ready_agent(
+        self, heartbeat: float = 2.0, timeout: float = 20, python: str = sys.executable
+    ) -> AgentProcess:
+        agent = self.agent(heartbeat, python)
         try:
             self.hr.call(self.host.wait_for_hello, agent.vm_id, timeout, timeout=timeout + 5)
         except Exception:

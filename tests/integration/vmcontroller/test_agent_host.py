@@ -220,3 +220,42 @@ def test_heartbeat_loss_is_detected_within_three_intervals(harness):
     finally:
         os.kill(agent.process.pid, signal.SIGCONT)
     wait_until(lambda: not harness.host.vms[agent.vm_id].lost, 10, "the VM to come back")
+
+
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def _debian_twisted() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(
+            [DEBIAN_PYTHON, "-c", "import twisted; print(twisted.__version__)"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def test_agent_runs_on_the_appliance_python_and_twisted(harness, tmp_path):
+    """The appliance has Debian's python3 and python3-twisted (22.4), nothing else."""
+    version = _debian_twisted()
+    if version is None:
+        pytest.skip(
+            f"{DEBIAN_PYTHON} has no Twisted (scripts/bootstrap.sh installs python3-twisted)"
+        )
+    agent = harness.ready_agent(python=DEBIAN_PYTHON)
+    hello = harness.host.vms[agent.vm_id].hello
+    assert hello.host_info["python"].startswith("3.")
+    out = []
+    script = "import sys, twisted; print(twisted.__version__, 'simplejson' in sys.modules)"
+    result = harness.call(
+        harness.host.run, agent.vm_id, argv=[DEBIAN_PYTHON, "-c", script],
+        on_output=lambda s, d: out.append(d),
+    )  # fmt: skip
+    assert result.code == 0 and b"".join(out).split()[0].decode() == version
+    local = tmp_path / "f.bin"
+    _make_file(local, 3 * 1024 * 1024 + 17)
+    harness.call(harness.host.put_file, agent.vm_id, str(local), "f.bin")
+    got = harness.call(harness.host.get_file, agent.vm_id, "f.bin", str(tmp_path / "g.bin"))
+    assert got.sha256 == _sha256(local) == _sha256(tmp_path / "g.bin")
