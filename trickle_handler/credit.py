@@ -104,16 +104,21 @@ class SpeedPercentiles:
 NO_PERCENTILES = SpeedPercentiles(0.0, 0.0, 0)
 
 
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """The value at 0-based position ``floor(n * pct / 100)`` of ascending ``sorted_values``.
+def percentile_index(n: int, pct: float) -> int:
+    """The 0-based row ``floor(n * pct / 100)`` of ``n`` ascending values holding percentile ``pct``.
 
-    BOINC's ``fpops_percentile`` picks this row with ``order by p_fpops limit m,1``.
+    BOINC's ``fpops_percentile`` reads this row with ``order by p_fpops limit m,1``.
     """
-    if not sorted_values:
+    if n <= 0:
         raise ValueError("percentile of an empty list")
     if not 0 <= pct < 100:
         raise ValueError(f"percentile must be in [0, 100), got {pct!r}")
-    return float(sorted_values[int(len(sorted_values) * pct / 100.0)])
+    return int(n * pct / 100.0)
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Percentile ``pct`` of ascending ``sorted_values``, picked as BOINC picks it."""
+    return float(sorted_values[percentile_index(len(sorted_values), pct)])
 
 
 def speed_percentiles(sorted_fpops: Sequence[float]) -> SpeedPercentiles:

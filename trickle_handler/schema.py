@@ -19,9 +19,6 @@ from __future__ import annotations
 
 from trickle_handler.db import Database, MySQLDatabase
 
-OUR_TABLES = ("trickle_result_state", "trickle_runtime_seen", "trickle_reason")
-BOINC_TABLES = ("msg_from_host", "result", "host", "user", "team")
-
 _OURS = [
     """CREATE TABLE IF NOT EXISTS trickle_result_state (
         resultid            integer     not null,

@@ -13,7 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trickle_handler.credit import PERCENTILE_MIN_EXPAVG, Average, SpeedPercentiles
+from trickle_handler.credit import (
+    PERCENTILE_MIN_EXPAVG,
+    Average,
+    SpeedPercentiles,
+    percentile_index,
+)
 from trickle_handler.db import Database, placeholders
 from trickle_handler.rules import HostRow, Message, ResultCredit, ResultRow
 
@@ -242,7 +247,7 @@ def load_percentiles(db: Database) -> SpeedPercentiles:
         return SpeedPercentiles(0.0, 0.0, 0)
 
     def at(pct: int) -> float:
-        offset = int(n * pct / 100)
+        offset = percentile_index(n, pct)
         row = db.query(f"SELECT p_fpops {where} ORDER BY p_fpops LIMIT 1 OFFSET ?", [offset])
         return float(row[0][0]) if row else 0.0
 
