@@ -206,6 +206,7 @@ class VirtualBoxDriver(HypervisorDriver):
         default: inherited from the environment.
     :param clock: ``IReactorTime`` for deadlines, retries and the watcher (default: reactor).
     :param command_timeout: seconds per ordinary VBoxManage call (vboxwrapper: 45).
+    :param long_timeout: seconds for calls that do real work (start, snapshots).
     :param watch_interval: seconds between checks that the VM process still lives.
     :param retry_delay: first pause before retrying a locked session (doubles each time).
     :param environ: the environment VBoxManage runs in (default ``os.environ``).
@@ -221,7 +222,8 @@ class VirtualBoxDriver(HypervisorDriver):
 
     def __init__(self, reactor: Any, *, vboxmanage: str | None = None,
                  vbox_user_home: str | os.PathLike[str] | None = None, clock: Any = None,
-                 command_timeout: float = 45.0, watch_interval: float = 0.2,
+                 command_timeout: float = 45.0, long_timeout: float = LONG_TIMEOUT,
+                 watch_interval: float = 0.2,
                  retry_delay: float = 1.0, environ: dict[str, str] | None = None,
                  use_api: Any = "auto") -> None:
         super().__init__(reactor)
@@ -234,6 +236,7 @@ class VirtualBoxDriver(HypervisorDriver):
                                        clock=self.clock, timeout=command_timeout,
                                        first_retry_delay=retry_delay)
         self.watch_interval = watch_interval
+        self.long_timeout = long_timeout
         self.api = make_control(use_api)
         self.version: VBoxVersion | None = None
         self._host: HostInfo | None = None
@@ -411,7 +414,7 @@ class VirtualBoxDriver(HypervisorDriver):
         yield self._vbm("createmedium", "disk", "--filename", str(vm.overlay), "--diffparent",
                         str(spec.base_image), "--format", "VDI",
                         doing=f"create the copy-on-write overlay over {spec.base_image}",
-                        timeout=LONG_TIMEOUT)
+                        timeout=self.long_timeout)
         result = yield self._vbm("createvm", "--name", name, "--basefolder", str(spec.vm_dir),
                                  "--ostype", spec.extra.get("ostype", "Linux26_64"),
                                  "--register", doing=f"create VM {name}")
@@ -434,8 +437,12 @@ class VirtualBoxDriver(HypervisorDriver):
         yield self._vbm("modifyvm", name, *required, doing=f"configure VM {name}")
         # Optional knobs: a VirtualBox without one of them still runs the job
         # (BOINC/boinc#1501: "Unknown option: --lpt1" failed 7 % of tasks).
-        for knob in (["--usb", "off"], options["audio_off"], ["--clipboard", "disabled"],
-                     ["--draganddrop", "disabled"]):
+        # One call for all of them; one call each only when that fails.
+        knobs = [["--usb", "off"], options["audio_off"], ["--clipboard", "disabled"],
+                 ["--draganddrop", "disabled"]]
+        result = yield self._vbm("modifyvm", name, *sum(knobs, []),
+                                 doing=f"configure VM {name}", check=False)
+        for knob in knobs if result.failed else []:
             result = yield self._vbm("modifyvm", name, *knob, doing=f"configure VM {name}",
                                      check=False)
             if result.failed:
@@ -475,7 +482,7 @@ class VirtualBoxDriver(HypervisorDriver):
         if state.is_alive:
             raise errors.VMStateError(f"VM {name!r} is already {state.value}")
         yield self._vbm("startvm", vm.vbox_name, "--type", "headless",
-                        doing=f"start VM {vm.vbox_name}", timeout=LONG_TIMEOUT)
+                        doing=f"start VM {vm.vbox_name}", timeout=self.long_timeout)
         self._started(vm)
 
     def _started(self, vm: _VM) -> None:
@@ -564,7 +571,7 @@ class VirtualBoxDriver(HypervisorDriver):
         try:
             yield self._vbm("snapshot", vm.vbox_name, "take", snapshot,
                             doing=f"take snapshot {snapshot} of {vm.vbox_name}",
-                            timeout=LONG_TIMEOUT)
+                            timeout=self.long_timeout)
         except errors.OutOfDisk:
             raise
         except errors.HypervisorError as failure:
@@ -579,7 +586,7 @@ class VirtualBoxDriver(HypervisorDriver):
             if entry.name != snapshot:
                 yield self._vbm("snapshot", vm.vbox_name, "delete", entry.uuid,
                                 doing=f"delete old snapshot {entry.name} of {vm.vbox_name}",
-                                timeout=LONG_TIMEOUT)
+                                timeout=self.long_timeout)
         size = sum(p.stat().st_size for p in (vm.folder / "Snapshots").glob("*")
                    if p.is_file()) if (vm.folder / "Snapshots").is_dir() else 0
         return Checkpoint(snapshot, self.clock.seconds(), size)
@@ -602,19 +609,19 @@ class VirtualBoxDriver(HypervisorDriver):
         try:
             yield self._vbm("snapshot", vm.vbox_name, "restorecurrent",
                             doing=f"restore the snapshot of {vm.vbox_name}",
-                            timeout=LONG_TIMEOUT)
+                            timeout=self.long_timeout)
         except errors.HypervisorError as failure:
             raise errors.CheckpointFailed(f"restoring VM {name!r} failed: {failure}") from None
         yield self._vbm("startvm", vm.vbox_name, "--type", "headless",
                         doing=f"start VM {vm.vbox_name} from its snapshot",
-                        timeout=LONG_TIMEOUT)
+                        timeout=self.long_timeout)
         self._started(vm)
 
     @defer.inlineCallbacks
     def _hard_stop(self, vm: _VM) -> Any:
         self._stop_watching(vm)
         yield self._vbm("controlvm", vm.vbox_name, "poweroff",
-                        doing=f"power off VM {vm.vbox_name}", timeout=LONG_TIMEOUT)
+                        doing=f"power off VM {vm.vbox_name}", timeout=self.long_timeout)
         self._fire_stopped(vm, VMState.STOPPED)
 
     @defer.inlineCallbacks
@@ -655,7 +662,7 @@ class VirtualBoxDriver(HypervisorDriver):
         if info is not None:
             if VBOX_STATES.get(info.get("VMState", "")) in (VMState.RUNNING, VMState.PAUSED):
                 yield self._vbm("controlvm", vm.vbox_name, "poweroff",
-                                doing=f"power off VM {vm.vbox_name}", timeout=LONG_TIMEOUT)
+                                doing=f"power off VM {vm.vbox_name}", timeout=self.long_timeout)
             if f"{CONTROLLER}-1-0" in info:
                 # Never let "unregistervm --delete" delete the caller's config disk.
                 yield self._vbm("storageattach", vm.vbox_name, "--storagectl", CONTROLLER,
@@ -664,7 +671,7 @@ class VirtualBoxDriver(HypervisorDriver):
             yield self._vbm("unregistervm", vm.vbox_name,
                             *self._version_options()["unregister"],
                             doing=f"unregister and delete VM {vm.vbox_name}",
-                            timeout=LONG_TIMEOUT)
+                            timeout=self.long_timeout)
         if vm.pid and vm.process_alive():
             os.kill(vm.pid, signal.SIGKILL)
         if vm.overlay.exists():
@@ -776,7 +783,7 @@ class VirtualBoxDriver(HypervisorDriver):
             state = VBOX_STATES.get(info.get("VMState", ""))
             if state in (VMState.RUNNING, VMState.PAUSED):
                 yield self._vbm("controlvm", vbox_name, "poweroff",
-                                doing=f"power off stale VM {vbox_name}", timeout=LONG_TIMEOUT)
+                                doing=f"power off stale VM {vbox_name}", timeout=self.long_timeout)
                 acted = True
         # A VM process VBoxSVC lost track of: kill it if it is really that VM's.
         try:
@@ -795,7 +802,7 @@ class VirtualBoxDriver(HypervisorDriver):
                                 "--port", "1", "--device", "0", "--medium", "none",
                                 doing="detach the config disk", check=False)
             yield self._vbm("unregistervm", vbox_name, "--delete",
-                            doing=f"unregister stale VM {vbox_name}", timeout=LONG_TIMEOUT)
+                            doing=f"unregister stale VM {vbox_name}", timeout=self.long_timeout)
         console = Path(info["uartmode1"].split(",", 1)[-1]) if info and "uartmode1" in (
             info or {}) else None
         _remove_driver_files(vm_dir, vbox_name, console)

@@ -1101,7 +1101,7 @@ class FakeVBoxManage:
         if restoring:
             ram = _read_json(Path(machine["saved_state"])) or ram
         set_state(machine, machine["state"], "Restoring" if restoring else "PoweringOn")
-        command = [sys.executable, str(HERE / "fake_vm_process.py"), "--vm-folder",
+        command = [sys.executable, "-S", str(HERE / "fake_vm_process.py"), "--vm-folder",
                    machine["folder"], "--log", str(vm_log_path(machine)),
                    "--ticks", str(int(ram.get("ticks", 0))),
                    "--guest-clock", str(float(ram.get("guest_clock", 0.0))),
