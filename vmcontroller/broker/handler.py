@@ -64,7 +64,9 @@ class CodecFrameBuffer:
     def __iter__(self) -> Iterator[CoilFrame]:
         ready, self._ready = self._ready, []
         for frame in ready:
-            yield CoilFrame(frame.command, frame.headers, frame.body)
+            coil_frame = CoilFrame(frame.command, frame.headers)
+            coil_frame.body = frame.body  # CoilFrame() would turn b"" into ""
+            yield coil_frame
 
 
 class BrokerRequestHandler(StompRequestHandler):

@@ -18,14 +18,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from vmcontroller.stomp.codec import HEARTBEAT, Frame, encode_frame
+from vmcontroller.stomp.codec import HEARTBEAT, Frame, encode_frame, encode_head
 
 __all__ = ["Outbox", "OutboxClosed"]
 
 log = logging.getLogger(__name__)
 
-# Largest number of bytes handed to one sendall() call.
+# Largest number of bytes handed to one write call.
 _MAX_WRITE = 1024 * 1024
+# Buffers per sendmsg() call (the kernel's IOV_MAX is 1024).
+_MAX_BUFFERS = 900
+# Bodies from this size on are sent from where they are, not copied.
+_LARGE_BODY = 8 * 1024
 
 
 class OutboxClosed(Exception):
@@ -146,6 +150,8 @@ class Outbox:
                 self._write(batch)
         except OSError as error:
             log.debug("writer stopped: %s", error)
+        except Exception:
+            log.exception("writer failed: closing the connection")
         finally:
             with self._cond:
                 self._closing = True
@@ -157,16 +163,45 @@ class Outbox:
                 pass
 
     def _write(self, batch: list[Frame | bytes]) -> None:
+        """Send a batch: small frames packed together, large bodies never copied."""
         version = self.version
-        chunks: list[bytes] = []
+        buffers: list[bytes] = []
+        packed = bytearray()
         size = 0
         for item in batch:
-            data = item if isinstance(item, bytes) else encode_frame(item, version)
-            chunks.append(data)
-            size += len(data)
-            if size >= _MAX_WRITE:
-                self.sock.sendall(b"".join(chunks))
-                chunks, size = [], 0
-        if chunks:
-            self.sock.sendall(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+            if isinstance(item, bytes):
+                packed += item
+            elif len(item.body) < _LARGE_BODY:
+                packed += encode_frame(item, version)
+            else:
+                if packed:
+                    buffers.append(bytes(packed))
+                    packed.clear()
+                buffers += (encode_head(item, version), item.body, b"\x00")
+                size += len(item.body)
+            if size + len(packed) >= _MAX_WRITE or len(buffers) > _MAX_BUFFERS:
+                if packed:
+                    buffers.append(bytes(packed))
+                    packed.clear()
+                _send_all(self.sock, buffers)
+                buffers, size = [], 0
+        if packed:
+            buffers.append(bytes(packed))
+        if buffers:
+            _send_all(self.sock, buffers)
         self._last_write = self.clock()
+
+
+def _send_all(sock: socket.socket, buffers: list[bytes]) -> None:
+    """sendmsg() every buffer, resuming after partial writes."""
+    if len(buffers) == 1:
+        sock.sendall(buffers[0])
+        return
+    views = [memoryview(b) for b in buffers]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]

@@ -15,6 +15,7 @@ from vmcontroller.stomp.codec import (
     FrameTooLarge,
     MalformedFrame,
     encode_frame,
+    encode_head,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "FrameTooLarge",
     "MalformedFrame",
     "encode_frame",
+    "encode_head",
 ]

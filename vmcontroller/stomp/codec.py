@@ -44,6 +44,7 @@ __all__ = [
     "FrameTooLarge",
     "MalformedFrame",
     "encode_frame",
+    "encode_head",
 ]
 
 #: What one side sends to show it is alive when it has nothing else to say.
@@ -157,21 +158,29 @@ def encode_frame(frame: Frame, version: str = "1.2") -> bytes:
         command, or a header that cannot be represented (a newline in a
         1.0 or CONNECT header, a ``:`` in a 1.0 header name).
     """
+    return encode_head(frame, version) + frame.body + b"\x00"
+
+
+def encode_head(frame: Frame, version: str = "1.2") -> bytes:
+    """Everything :func:`encode_frame` puts before the body.
+
+    ``encode_frame(f, v) == encode_head(f, v) + f.body + b"\\x00"``; writers
+    of large bodies send the three parts with one ``sendmsg`` instead of
+    copying the body into a new string.
+    """
     if version not in SUPPORTED_VERSIONS:
         _check_version(version)
     command = frame.command
     if command not in _KNOWN_COMMANDS and not (command.isascii() and command.isalpha()):
         raise ValueError(f"invalid STOMP command {command!r}: ASCII letters only")
-    headers = frame.headers
-    body = frame.body
-    lines = [f"{name}:{value}" for name, value in headers.items() if name != "content-length"]
+    lines = [f"{name}:{value}" for name, value in frame.headers.items() if name != "content-length"]
     # Fast path: most frames have nothing to escape (one scan of all headers).
     special = _SPECIAL_12 if version == "1.2" else _SPECIAL_11
     if special.search("\x01".join(lines).replace(":", "", len(lines))) is not None:
         lines = _escaped_header_lines(frame, version)
-    if body:
-        lines.append(f"content-length:{len(body)}")
-    return "\n".join([command, *lines, "", ""]).encode("utf-8") + body + b"\x00"
+    if frame.body:
+        lines.append(f"content-length:{len(frame.body)}")
+    return "\n".join([command, *lines, "", ""]).encode("utf-8")
 
 
 def _escaped_header_lines(frame: Frame, version: str) -> list[str]:
@@ -417,7 +426,8 @@ class FrameParser:
                 return None
             if nul - self._frame_start + 1 > self.max_frame_size:
                 raise FrameTooLarge("frame-too-large", f"frame exceeds {self.max_frame_size} bytes")
-        frame.body = bytes(buf[start:nul])
+        with memoryview(buf) as view:  # one copy (buf[a:b] would copy twice)
+            frame.body = view[start:nul].tobytes()
         return frame
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -190,3 +191,17 @@ def test_broker_heartbeats_when_idle(broker, credentials):
         assert set(newlines_after_connected) == {ord("\n")}
     finally:
         sock.close()
+
+
+def test_large_and_small_bodies_interleaved(raw, credentials):
+    """Large bodies take the scatter-gather path of the writer; order and bytes survive."""
+    host_login, vm_login = credentials.host_login(), credentials.vm_login("d4")
+    agent = raw()
+    agent.connect(vm_login.login, vm_login.passcode)
+    agent.subscribe(destinations.to_guest("d4"), "big")
+    host = raw()
+    host.connect(host_login.login, host_login.passcode)
+    bodies = [os.urandom(n) for n in (10, 200_000, 8191, 8192, 3, 700_000, 0, 65536)] * 3
+    for body in bodies:
+        host.send(destinations.to_guest("d4"), body)
+    assert [agent.receive(timeout=10).body for _ in bodies] == bodies
