@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmwrapper.hypervisor.errors import HypervisorNotInstalled
+
 try:  # guarded: the SDK is optional and absent on most hosts
     import vboxapi  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the host
@@ -35,7 +37,8 @@ class VBoxApiControl:
 
     def __init__(self) -> None:
         if vboxapi is None:
-            raise RuntimeError("vboxapi is not importable")
+            raise HypervisorNotInstalled(
+                "VirtualBox's Python API (vboxapi, from the VirtualBox SDK) is not importable")
         self.manager = vboxapi.VirtualBoxManager(None, None)
         self.vbox = self.manager.getVirtualBox()
         self.constants = self.manager.constants
