@@ -130,9 +130,11 @@ class Daemon:
         try:
             db.connect()
             if self.create_tables:
-                schema.create_tables(db)
+                created = schema.create_tables(db)
                 self.create_tables = False
-                self.log.normal("created missing tables")
+                self.log.normal(
+                    f"created tables: {', '.join(created)}" if created else "tables present"
+                )
         except ConnectionLostError as exc:
             delay = self.connect_backoff.next_delay()
             self.log.critical(f"can't connect to {db.url.redacted()}: {exc}; retry in {delay:g}s")

@@ -181,6 +181,10 @@ class Database:
         self._trace(sql)
         return self._guard(run)
 
+    def table_exists(self, table: str) -> bool:
+        """True when ``table`` exists in this database."""
+        raise NotImplementedError
+
     def insert_many(
         self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
     ) -> None:
@@ -267,6 +271,14 @@ class MySQLDatabase(Database):
         self.execute(f"SET SESSION innodb_lock_wait_timeout = {int(self.lock_wait_timeout)}")
         self.commit()
 
+    def table_exists(self, table: str) -> bool:
+        rows = self.query(
+            "SELECT COUNT(*) FROM information_schema.tables"
+            " WHERE table_schema = DATABASE() AND table_name = ?",
+            [table],
+        )
+        return bool(rows[0][0])
+
     def upsert_many(
         self, table: str, columns: Sequence[str], key: str, rows: Iterable[Sequence[Any]]
     ) -> None:
@@ -332,6 +344,12 @@ class SQLiteDatabase(Database):
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:
                 self.close()
+
+    def table_exists(self, table: str) -> bool:
+        rows = self.query(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?", [table]
+        )
+        return bool(rows[0][0])
 
     def upsert_many(
         self, table: str, columns: Sequence[str], key: str, rows: Iterable[Sequence[Any]]

@@ -45,88 +45,107 @@ _OURS = [
     ){engine}""",
 ]
 
-_BOINC = [
-    """CREATE TABLE IF NOT EXISTS msg_from_host (
-        id                  integer     not null {autoinc},
-        create_time         integer     not null,
-        hostid              integer     not null,
-        variety             varchar(254) not null,
-        handled             smallint    not null,
-        xml                 mediumtext
-    ){engine}""",
-    "CREATE INDEX {ifnx} mfh_handled ON msg_from_host (handled)",
-    "CREATE INDEX {ifnx} mfh_hostid ON msg_from_host (hostid)",
-    """CREATE TABLE IF NOT EXISTS result (
-        id                  integer     not null {autoinc},
-        create_time         integer     not null default 0,
-        workunitid          integer     not null default 0,
-        server_state        integer     not null,
-        outcome             integer     not null default 0,
-        client_state        integer     not null default 0,
-        hostid              integer     not null,
-        userid              integer     not null,
-        report_deadline     integer     not null default 0,
-        sent_time           integer     not null,
-        received_time       integer     not null default 0,
-        name                varchar(254) not null,
-        cpu_time            double      not null default 0,
-        elapsed_time        double      not null default 0,
-        claimed_credit      double      not null default 0,
-        granted_credit      double      not null default 0,
-        appid               integer     not null default 0,
-        teamid              integer     not null default 0
-    ){engine}""",
-    "CREATE UNIQUE INDEX {ifnx} res_name ON result (name)",
-    """CREATE TABLE IF NOT EXISTS host (
-        id                  integer     not null {autoinc},
-        create_time         integer     not null default 0,
-        userid              integer     not null,
-        total_credit        double      not null default 0,
-        expavg_credit       double      not null default 0,
-        expavg_time         double      not null default 0,
-        p_ncpus             integer     not null default 1,
-        p_fpops             double      not null default 0
-    ){engine}""",
-    """CREATE TABLE IF NOT EXISTS user (
-        id                  integer     not null {autoinc},
-        create_time         integer     not null default 0,
-        name                varchar(254),
-        total_credit        double      not null default 0,
-        expavg_credit       double      not null default 0,
-        expavg_time         double      not null default 0,
-        teamid              integer     not null default 0
-    ){engine}""",
-    """CREATE TABLE IF NOT EXISTS team (
-        id                  integer     not null {autoinc},
-        create_time         integer     not null default 0,
-        name                varchar(254) not null default '',
-        total_credit        double      not null default 0,
-        expavg_credit       double      not null default 0,
-        expavg_time         double      not null default 0
-    ){engine}""",
-]
+_BOINC: dict[str, list[str]] = {
+    "msg_from_host": [
+        """CREATE TABLE msg_from_host (
+            id                  integer     not null {autoinc},
+            create_time         integer     not null,
+            hostid              integer     not null,
+            variety             varchar(254) not null,
+            handled             smallint    not null,
+            xml                 mediumtext
+        ){engine}""",
+        "CREATE INDEX mfh_handled ON msg_from_host (handled)",
+        "CREATE INDEX mfh_hostid ON msg_from_host (hostid)",
+    ],
+    "result": [
+        """CREATE TABLE result (
+            id                  integer     not null {autoinc},
+            create_time         integer     not null default 0,
+            workunitid          integer     not null default 0,
+            server_state        integer     not null,
+            outcome             integer     not null default 0,
+            client_state        integer     not null default 0,
+            hostid              integer     not null,
+            userid              integer     not null,
+            report_deadline     integer     not null default 0,
+            sent_time           integer     not null,
+            received_time       integer     not null default 0,
+            name                varchar(254) not null,
+            cpu_time            double      not null default 0,
+            elapsed_time        double      not null default 0,
+            claimed_credit      double      not null default 0,
+            granted_credit      double      not null default 0,
+            appid               integer     not null default 0,
+            teamid              integer     not null default 0
+        ){engine}""",
+        "CREATE UNIQUE INDEX res_name ON result (name)",
+    ],
+    "host": [
+        """CREATE TABLE host (
+            id                  integer     not null {autoinc},
+            create_time         integer     not null default 0,
+            userid              integer     not null,
+            total_credit        double      not null default 0,
+            expavg_credit       double      not null default 0,
+            expavg_time         double      not null default 0,
+            p_ncpus             integer     not null default 1,
+            p_fpops             double      not null default 0
+        ){engine}""",
+    ],
+    "user": [
+        """CREATE TABLE user (
+            id                  integer     not null {autoinc},
+            create_time         integer     not null default 0,
+            name                varchar(254),
+            total_credit        double      not null default 0,
+            expavg_credit       double      not null default 0,
+            expavg_time         double      not null default 0,
+            teamid              integer     not null default 0
+        ){engine}""",
+    ],
+    "team": [
+        """CREATE TABLE team (
+            id                  integer     not null {autoinc},
+            create_time         integer     not null default 0,
+            name                varchar(254) not null default '',
+            total_credit        double      not null default 0,
+            expavg_credit       double      not null default 0,
+            expavg_time         double      not null default 0
+        ){engine}""",
+    ],
+}
 
 
 def _render(db: Database, statement: str) -> str:
     if isinstance(db, MySQLDatabase):
-        return statement.format(
-            autoinc="auto_increment primary key",
-            engine=" ENGINE=InnoDB",
-            ifnx="IF NOT EXISTS",
-        )
-    return statement.format(
-        autoinc="primary key autoincrement", engine="", ifnx="IF NOT EXISTS"
-    ).replace("mediumtext", "text")
+        return statement.format(autoinc="auto_increment primary key", engine=" ENGINE=InnoDB")
+    return statement.format(autoinc="primary key autoincrement", engine="").replace(
+        "mediumtext", "text"
+    )
 
 
-def create_tables(db: Database, boinc_tables: bool = True) -> None:
-    """Create our state tables, and BOINC's (when ``boinc_tables``) where they are missing."""
-    statements = list(_OURS) + (list(_BOINC) if boinc_tables else [])
+def create_tables(db: Database, boinc_tables: bool = True) -> list[str]:
+    """Create our state tables, and BOINC's (when ``boinc_tables``) that do not exist.
+
+    An existing BOINC table is never touched, not even to add an index: on a production database
+    that would lock a big table. Returns the names of the tables created.
+    """
+    created = []
     db.begin()
     try:
-        for statement in statements:
-            db.execute(_render(db, statement))
+        for statement in _OURS:
+            table = statement.split()[5]
+            if not db.table_exists(table):
+                db.execute(_render(db, statement))
+                created.append(table)
+        for table, statements in _BOINC.items() if boinc_tables else ():
+            if not db.table_exists(table):
+                for statement in statements:
+                    db.execute(_render(db, statement))
+                created.append(table)
         db.commit()
     except BaseException:
         db.rollback()
         raise
+    return created

@@ -161,7 +161,7 @@ def test_unreachable_database_is_retried_with_backoff(tmp_path):
     clock.advance(8)
     clock.advance(0)
     assert status == [0]
-    assert "created missing tables" in out.getvalue()
+    assert "created tables: trickle_result_state" in out.getvalue()
 
 
 def test_lock_conflict_rolls_back_and_retries(project):
@@ -211,3 +211,20 @@ def test_other_varieties_are_left_for_their_own_handler(project):
     assert handler.run_batch().messages == 2
     assert handler.run_batch().messages == 0
     assert db.query("SELECT handled FROM msg_from_host WHERE variety = 'vmstatus'") == [(0,)]
+
+
+def test_create_tables_never_alters_an_existing_boinc_table(tmp_path):
+    db = SQLiteDatabase(parse_database_url(f"sqlite:///{tmp_path}/prod.db"))
+    db.connect()
+    db.execute(
+        "CREATE TABLE msg_from_host (id integer primary key, create_time integer, hostid integer,"
+        " variety varchar(254), handled smallint, xml text)"
+    )
+    created = schema.create_tables(db)
+    assert "msg_from_host" not in created and {"trickle_reason", "host", "result"} <= set(created)
+    indexes = db.query(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'msg_from_host'"
+    )
+    assert indexes == []
+    assert schema.create_tables(db) == []  # a second run finds everything
+    db.close()
