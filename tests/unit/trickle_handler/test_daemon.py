@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from trickle_handler import schema, seed
@@ -227,4 +229,43 @@ def test_create_tables_never_alters_an_existing_boinc_table(tmp_path):
     )
     assert indexes == []
     assert schema.create_tables(db) == []  # a second run finds everything
+    db.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([1, 2, 3, 999]),  # hosts 1 and 2 exist
+            st.sampled_from(["wu1_0", "wu2_0", "wu3_0", "nope", ""]),
+            st.one_of(st.integers(-5, 2**40), st.text(max_size=12)),
+            st.sampled_from(["cpu_time", "runtime", "other"]),
+            st.one_of(st.floats(allow_nan=True), st.text(max_size=12)),
+            st.integers(SENT - 100, SENT + 90000),
+        ),
+        max_size=40,
+    )
+)
+def test_random_messages_never_break_a_batch(rows):
+    db = SQLiteDatabase(parse_database_url("sqlite:///:memory:"))
+    db.connect()
+    schema.create_tables(db)
+    fill(db, n_results=3, per_result=0)
+    db.begin()
+    seed.store_messages(
+        db,
+        [
+            seed.StoredMessage(
+                created, host, "cpu_time", seed.scheduler_xml(name, t, f"<{tag}>{v}</{tag}>\n")
+            )
+            for host, name, t, tag, v, created in rows
+        ],
+    )
+    db.commit()
+    handler = BatchHandler(db, lambda: SENT + 100000, batch_size=16)
+    stats = [handler.run_batch() for _ in range(4)]
+    assert sum(s.messages for s in stats) == len(rows)
+    assert handled(db) == len(rows)
+    for (total,) in db.query("SELECT total_credit FROM host"):
+        assert 0 <= total <= cobblestones(3 * 90000 * 1, 1e9) + 1e-9
     db.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trickle_handler.messages import MAX_MESSAGE_CHARS, Trickle, parse_trickle
 from trickle_handler.reasons import Reason, RejectedMessage
@@ -109,3 +111,51 @@ def test_every_rejection_reason_has_a_distinct_stable_code():
     assert len(codes) == len(set(codes)) >= 30
     assert all(len(c) <= 32 and c == c.lower() for c in codes)
     assert not Reason.CAPPED_WALL_TIME.is_rejection and Reason.FOREIGN_RESULT.is_rejection
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=300),
+        st.lists(
+            st.sampled_from(
+                [
+                    "<result_name>",
+                    "</result_name>",
+                    "<time>",
+                    "</time>",
+                    "<cpu_time>",
+                    "</cpu_time>",
+                    "<runtime>",
+                    "</runtime>",
+                    "wu1_0",
+                    "1795548363",
+                    "3600.5",
+                    "-1",
+                    "nan",
+                    "1e999",
+                    "&amp;",
+                    "&x;",
+                    "<!DOCTYPE a>",
+                    "<![CDATA[1]]>",
+                    "<a>",
+                    "</a>",
+                    "\n",
+                    " ",
+                    "\x00",
+                    "\u00e9",
+                    "<?xml version='1.0'?>",
+                    "<!-- c -->",
+                ]
+            ),
+            max_size=25,
+        ).map("".join),
+    )
+)
+def test_any_text_is_either_a_trickle_or_a_reasoned_rejection(xml):
+    try:
+        trickle = parse_trickle(xml)
+    except RejectedMessage as exc:
+        assert isinstance(exc.reason, Reason)
+    else:
+        assert trickle.value >= 0 and trickle.value < float("inf") and trickle.result_name
