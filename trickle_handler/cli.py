@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to print ``--help``)."""
     p = argparse.ArgumentParser(
         prog="trickle_handler",
+        allow_abbrev=False,  # BOINC daemons take whole option names only
         description="Grant BOINC credit for CPU-time trickle-up messages, exactly once.",
         epilog="Stops after the current batch on SIGHUP, SIGTERM, SIGINT or <project>/stop_daemons.",
     )
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "-d",
+        "--d",
         dest="debug_level",
         type=int,
         default=NORMAL,

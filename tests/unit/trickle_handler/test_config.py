@@ -102,7 +102,15 @@ def test_boinc_style_options():
         4,
         2.0,
     )
-    for bad in (["--mod", "2", "2"], ["--max_runtime", "nan"], ["--sleep", "0"], ["-d", "0"]):
+    assert parse_args(["--d", "2"]).debug_level == 2
+    for bad in (
+        ["--mod", "2", "2"],
+        ["--max_runtime", "nan"],
+        ["--sleep", "0"],
+        ["-d", "0"],
+        ["--one"],  # no abbreviations
+        ["--batch_size", "0"],
+    ):
         with pytest.raises(SystemExit):
             parse_args(bad)
 
