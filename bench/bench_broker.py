@@ -160,6 +160,35 @@ def ping(ctx, target: Target, count: int) -> list[float]:
     return times
 
 
+def idle_cpu(pid: int, target: Target, seconds: float) -> float:
+    """Percent of one core the broker process uses while its clients are idle."""
+    clients = []
+    for as_vm in (False, True):
+        client = BlockingClient(target.address, "1.2", timeout=30)
+        login, passcode = target.vm_login if as_vm else target.host_login
+        client.connect(login, passcode, heartbeat=(10000, 10000), host=target.vhost)
+        clients.append(client)
+    time.sleep(0.5)
+
+    def cpu() -> float:
+        """CPU seconds of every thread, from schedstat (ns; /proc/PID/stat counts 10 ms ticks)."""
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+                    total += int(stat.read().split()[0])
+            except FileNotFoundError:
+                pass  # a thread ended meanwhile
+        return total / 1e9
+
+    before, t0 = cpu(), time.monotonic()
+    time.sleep(seconds)
+    used, elapsed = cpu() - before, time.monotonic() - t0
+    for client in clients:
+        client.disconnect()
+    return 100 * used / elapsed
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -221,7 +250,7 @@ def rabbitmq_target() -> Target | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="fewer messages (smoke run)")
     args = parser.parse_args(argv)
     ctx = mp.get_context("spawn")
@@ -238,21 +267,33 @@ def main(argv: list[str] | None = None) -> int:
                 print("RabbitMQ STOMP not reachable on 127.0.0.1:61613: no ratios")
             else:
                 targets.append(rabbit)
-            results: dict[tuple[str, str], float] = {}
-            print(f"throughput, producer -> broker -> consumer, median of {args.runs} runs")
+            print(
+                f"throughput, producer -> broker -> consumer; {args.runs} runs, brokers "
+                "alternating within each run so load drift hits both; ratio = median of "
+                "per-run ratios"
+            )
             for label, size, count in cases:
+                runs: dict[str, list[float]] = {t.name: [] for t in targets}
+                for _ in range(args.runs):
+                    for target in targets:
+                        runs[target.name].append(throughput(ctx, target, count, size))
                 for target in targets:
-                    runs = [throughput(ctx, target, count, size) for _ in range(args.runs)]
-                    median = statistics.median(runs)
-                    results[(label, target.name)] = median
+                    median = statistics.median(runs[target.name])
                     print(
                         f"  {label:>6} x {count:<6} {target.name:<9} {median:8.1f} MB/s "
                         f"({median * 1e6 / size:9.0f} msg/s)  runs: "
-                        + ", ".join(f"{r:.1f}" for r in runs)
+                        + ", ".join(f"{r:.1f}" for r in runs[target.name])
                     )
                 if rabbit is not None:
-                    ratio = results[(label, "embedded")] / results[(label, "rabbitmq")]
-                    print(f"  {label:>6} ratio embedded/rabbitmq = {ratio:.2f}x")
+                    ratios = [
+                        e / r for e, r in zip(runs["embedded"], runs["rabbitmq"], strict=True)
+                    ]
+                    print(
+                        f"  {label:>6} ratio embedded/rabbitmq = "
+                        f"{statistics.median(ratios):.2f}x  (per run: "
+                        + ", ".join(f"{x:.2f}" for x in ratios)
+                        + ")"
+                    )
             print(f"ping round trip, 64 B, n={pings} (requester -> broker -> responder -> back)")
             for target in targets:
                 times = ping(ctx, target, pings)
@@ -260,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {target.name:<9} p50 {percentile(times, 0.5):.3f} ms  "
                     f"p99 {percentile(times, 0.99):.3f} ms"
                 )
+            idle = idle_cpu(proc.pid, embedded, seconds=5.0)
+            print(
+                f"idle embedded broker process, 2 connections with 10 s heart-beats: "
+                f"{idle:.4f}% of a core over 5 s"
+            )
         finally:
             proc.terminate()
             proc.wait(10)

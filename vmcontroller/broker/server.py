@@ -170,7 +170,9 @@ class EmbeddedBroker:
         self.server = BrokerServer(self.listen, self.credentials, self.config, self.store)
         self._thread = threading.Thread(
             target=self.server.serve_forever,
-            kwargs={"poll_interval": 0.5},
+            # stop() wakes the loop with a connection: a long poll costs nothing
+            # and keeps an idle broker idle.
+            kwargs={"poll_interval": 5.0},
             name="vmc-broker-accept",
             daemon=True,
         )
@@ -198,8 +200,9 @@ class EmbeddedBroker:
         server.shutdown_requested.set()
         stopper = threading.Thread(target=server.shutdown, name="vmc-broker-stop", daemon=True)
         stopper.start()
-        _wake(server.server_address[:2])  # select() returns now, not after poll_interval
-        stopper.join()
+        while stopper.is_alive():  # wake select() now rather than after poll_interval
+            _wake(server.server_address[:2])
+            stopper.join(0.05)
         self._thread.join()
         server.close_connections(self.config.close_timeout)
         server.server_close()
