@@ -205,10 +205,16 @@ class BoincClient:
             url, authenticator = attach
             args += ["--attach_project", url, authenticator]
         with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                args, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
+            try:
+                self._process = subprocess.Popen(
+                    args, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot run the BOINC client {self._boinc}: {exc.strerror or exc} "
+                    "(scripts/bootstrap.sh installs Debian's boinc-client)"
+                ) from None
         self.started_at = time.time()
         with _live_lock:
             _live_clients.add(self)

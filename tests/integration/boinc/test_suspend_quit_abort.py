@@ -58,7 +58,7 @@ def test_suspend_after_checkpoint_with_leave_apps_in_memory_reaches_app(
     boinc_client.set_leave_apps_in_memory(True)
     try:
         job = new_job("--hold --checkpoint")
-        job.dispatch()
+        assert job.dispatch()["leave_apps_in_memory"] is True
         job.wait_client_saw_checkpoint()
         suspend_and_resume(job, timings, "task op, checkpointed, leave in memory", job.task_op)
         assert "quit" not in [e["event"] for e in job.events()]
@@ -69,6 +69,7 @@ def test_suspend_after_checkpoint_with_leave_apps_in_memory_reaches_app(
 def test_suspend_after_checkpoint_quits_and_resume_restarts(new_job, timings):
     job = new_job("--hold --checkpoint")
     first = job.dispatch()
+    assert first["leave_apps_in_memory"] is False
     job.wait_client_saw_checkpoint()
     checkpoint = job.wait_event("checkpoint", timeout=1)
 

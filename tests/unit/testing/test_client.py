@@ -140,3 +140,9 @@ def test_pids_inside_sees_only_that_directory(tmp_path):
             process.kill()
             process.wait()
     assert not processes.is_running(outside.pid)
+
+
+def test_missing_client_program_says_how_to_install_it(tmp_path):
+    client = BoincClient(tmp_path / "d", boinc=str(tmp_path / "no-boinc"))
+    with pytest.raises(RuntimeError, match="bootstrap.sh installs Debian's boinc-client"):
+        client.start()

@@ -12,7 +12,8 @@ shebang naming the virtualenv's Python. Behaviour comes from the command line
   --hold              never finish; wait for the test to quit/abort the task
 
 Events: start, checkpoint, trickle_up_sent, suspend, resume, quit, abort,
-client_died, no_heartbeat, trickle_down, finish. Every line has ``event``,
+client_died, no_heartbeat, reread_app_info, network_available,
+network_suspended_changed, trickle_down, finish. Every line has ``event``,
 ``t`` (Unix time) and ``pid``. On quit the app exits 0 at once (the client
 restarts it; progress resumes from the last checkpoint); on abort it calls
 ``abort_exit()``; when the client dies it exits 0.
@@ -71,6 +72,7 @@ class TestApp(RuntimeListener):
             "start", result_name=init.result_name, restarted=state.exists(),
             work_done=self.work_done, wu_cpu_time=init.wu_cpu_time,
             checkpoint_period=init.checkpoint_period, standalone=self.runtime.standalone,
+            leave_apps_in_memory=init.global_prefs.leave_apps_in_memory,
         )
         self.runtime.start()
         task.LoopingCall(self.step).start(STEP, now=False)
@@ -129,6 +131,16 @@ class TestApp(RuntimeListener):
 
     def no_heartbeat(self) -> None:
         self.events.record("no_heartbeat")
+
+    def reread_app_info(self) -> None:
+        self.events.record("reread_app_info",
+                           leave_apps_in_memory=self.runtime.init_data.global_prefs.leave_apps_in_memory)
+
+    def network_available(self) -> None:
+        self.events.record("network_available")
+
+    def network_suspended_changed(self, suspended: bool) -> None:
+        self.events.record("network_suspended_changed", suspended=suspended)
 
     def trickle_down(self, body: str, path: pathlib.Path) -> None:
         self.events.record("trickle_down", body=body, path=str(path), file_exists=path.exists())
