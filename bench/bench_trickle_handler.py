@@ -1,7 +1,7 @@
 """Trickles per second of the trickle_handler daemon on MariaDB (issue 5's benchmark).
 
 Fills a scratch database ``trickle_bench_<pid>`` on 127.0.0.1:3306 with BOINC's tables, 1,000 hosts
-and 20,000 pending ``cpu_time`` trickles stored exactly as BOINC's scheduler stores them, then runs
+and 20,000 pending ``cpu_time`` (or ``--kind runtime``) trickles stored exactly as BOINC's scheduler stores them, then runs
 the real daemon (``python -m trickle_handler``) on it three ways, each on a fresh copy:
 
 1. one daemon, ``--one_pass``, batches of 1,000 messages per transaction (the default);
@@ -37,8 +37,14 @@ T0 = 1_700_000_000
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{4}) UTC ")
 
 
-def populate(db_name: str, hosts: int, trickles: int, seed_value: int = 1) -> None:
-    """A fresh database holding ``trickles`` pending trickles spread over ``hosts`` hosts."""
+def populate(
+    db_name: str, hosts: int, trickles: int, kind: str = "cpu_time", seed_value: int = 1
+) -> None:
+    """A fresh database holding ``trickles`` pending trickles spread over ``hosts`` hosts.
+
+    ``kind`` ``cpu_time``: cumulative values (vboxwrapper, our wrapper); ``runtime``: hourly
+    increments (BOINC's trickle_credit, as in its 660/s anchor).
+    """
     rng = random.Random(seed_value)
     admin = MySQLDatabase(parse_database_url(f"{SERVER}/mysql"))
     admin.connect()
@@ -70,7 +76,8 @@ def populate(db_name: str, hosts: int, trickles: int, seed_value: int = 1) -> No
     for _, name, hostid, _, _ in results:
         for k in range(1, per_result + 1):
             when = T0 + 3600 * k + rng.randint(0, 30)
-            xml = seed.scheduler_xml(name, when - 5, f"<cpu_time>{3600.0 * k:f}</cpu_time>\n")
+            value = 3600.0 * k if kind == "cpu_time" else 3600.0
+            xml = seed.scheduler_xml(name, when - 5, f"<{kind}>{value:f}</{kind}>\n")
             messages.append(seed.StoredMessage(when, hostid, "cpu_time", xml))
     messages.sort(key=lambda m: m.create_time)  # the scheduler stores them as requests arrive
     seed.store_messages(db, messages)
@@ -168,21 +175,22 @@ def main() -> int:
         "--single_seconds", type=float, default=8.0, help="run time of the batch=1 path"
     )
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--kind", choices=("cpu_time", "runtime"), default="cpu_time")
     args = ap.parse_args()
     name = f"trickle_bench_{os.getpid()}"
     print(
-        f"{args.trickles} pending cpu_time trickles from {args.hosts} hosts, MariaDB 127.0.0.1:3306"
+        f"{args.trickles} pending {args.kind} trickles from {args.hosts} hosts, MariaDB 127.0.0.1:3306"
     )
     try:
         for _ in range(args.repeat):
-            populate(name, args.hosts, args.trickles)
+            populate(name, args.hosts, args.trickles, args.kind)
             n, t = rate(name, daemons(name, [["--one_pass"]]))
             batched = n / t
             print(
                 f"  one daemon, 1000 msgs/transaction : {n:6d} msgs in {t:6.2f}s = {batched:8.0f}/s"
             )
 
-            populate(name, args.hosts, args.trickles)
+            populate(name, args.hosts, args.trickles, args.kind)
             n, t = rate(
                 name, daemons(name, [["--batch_size", "1"]], stop_after=args.single_seconds)
             )
@@ -191,7 +199,7 @@ def main() -> int:
                 f"  one daemon, 1 msg/transaction     : {n:6d} msgs in {t:6.2f}s = {single:8.0f}/s"
             )
 
-            populate(name, args.hosts, args.trickles)
+            populate(name, args.hosts, args.trickles, args.kind)
             n, t = rate(
                 name,
                 daemons(
