@@ -98,6 +98,9 @@ class Appliance:
     key: str
     kernel_version: str
     disks: dict[str, Path] = field(default_factory=dict)
+    #: Kernel and initramfs for the KVM probe boot (``QemuDriver(probe_kernel=...)``).
+    probe_kernel: Path | None = None
+    probe_initrd: Path | None = None
 
     @property
     def qcow2(self) -> Path:
@@ -275,6 +278,24 @@ def _build_initrd(root: Path, kver: str, target: Path) -> None:
             write_newc(ird, out_file)
 
 
+#: What the probe initramfs prints once the kernel reached user space.
+PROBE_MARKER = "BOINC-VM-PROBE-OK"
+
+
+def _write_probe(root: Path, kver: str, directory: Path) -> dict[str, str]:
+    """Kernel + one-line initramfs for the QEMU driver's timed KVM probe boot."""
+    shutil.copy2(root / f"boot/vmlinuz-{kver}", directory / "probe-vmlinuz")
+    with tempfile.TemporaryDirectory() as tmp:
+        ird = Path(tmp)
+        for d in ("bin", "dev"):
+            (ird / d).mkdir()
+        shutil.copy2(root / "bin/busybox", ird / "bin/busybox")
+        shutil.copy2(GUEST_DIR / "probe-init", ird / "init")
+        with open(directory / "probe-initrd", "wb") as out_file:
+            write_newc(ird, out_file)
+    return {"kernel": "probe-vmlinuz", "initrd": "probe-initrd", "marker": PROBE_MARKER}
+
+
 def _install_guest_files(root: Path, kver: str) -> None:
     agent_dest = root / AGENT_ROOT.lstrip("/") / "vmcontroller"
     shutil.rmtree(agent_dest, ignore_errors=True)
@@ -333,13 +354,20 @@ def _make_disk(root: Path, raw: Path, disk_mb: int) -> None:
 def find_built(output: Path | None = None, opts: BuildOptions | None = None) -> Appliance | None:
     """The cached appliance for ``opts`` (default options), or None when it must be built."""
     opts = opts or BuildOptions(output=output or default_output())
-    manifest = opts.output / f"image-{image_key(opts)}" / "manifest.json"
+    return find_built_key(opts.output, image_key(opts))
+
+
+def find_built_key(output: Path, key: str) -> Appliance | None:
+    """The appliance built with ``key`` in ``output``, or None."""
+    manifest = output / f"image-{key}" / "manifest.json"
     if not manifest.is_file():
         return None
     data = json.loads(manifest.read_text())
     return Appliance(directory=manifest.parent, key=data["key"],
                      kernel_version=data["kernel_version"],
-                     disks={k: manifest.parent / v for k, v in data["disks"].items()})
+                     disks={k: manifest.parent / v for k, v in data["disks"].items()},
+                     probe_kernel=manifest.parent / data["probe"]["kernel"],
+                     probe_initrd=manifest.parent / data["probe"]["initrd"])
 
 
 def build(opts: BuildOptions, log: Callable[[str], None] = lambda _: None) -> Appliance:
@@ -362,6 +390,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = lambda _: None) -> Ap
             _run(["cp", "-a", "--reflink=auto", str(root), str(tree)], "copying the root tree")
             kver = _kernel_version(tree)
             _install_guest_files(tree, kver)
+            probe = _write_probe(tree, kver, work)
             log("writing the disk")
             raw = work / "appliance.raw"
             _make_disk(tree, raw, opts.disk_mb)
@@ -380,6 +409,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = lambda _: None) -> Ap
             raw.unlink()
             manifest = {"key": key, "kernel_version": kver, "kernel": KERNELS[opts.kernel],
                         "cmdline": KERNEL_CMDLINE, "agent_root": AGENT_ROOT, "disks": disks,
+                        "probe": probe,
                         "options": {k: str(v) for k, v in asdict(opts).items()},
                         "built_seconds": round(time.monotonic() - started, 1)}
             (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -392,8 +422,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = lambda _: None) -> Ap
             raise
         _point_current(opts.output, final)
         log(f"appliance {key} built in {manifest['built_seconds']} s: {final}")
-        return Appliance(directory=final, key=key, kernel_version=kver,
-                         disks={fmt: final / name for fmt, name in disks.items()})
+        return find_built_key(opts.output, key)  # type: ignore[return-value]
 
 
 def _point_current(output: Path, final: Path) -> None:

@@ -177,8 +177,7 @@ def connect_qmp(reactor: Any, socket_path: str, timeout: float = 30.0,
     def failed(failure: Failure) -> None:
         if state["cancelled"] or result.called:
             return
-        retryable = failure.check(error.ConnectError, error.ConnectionRefusedError,
-                                  error.NoSuchFile, FileNotFoundError, QMPDisconnected)
+        retryable = failure.check(error.ConnectError, OSError, QMPDisconnected)
         if retryable and reactor.seconds() + retry_interval < deadline:
             state["call"] = reactor.callLater(retry_interval, attempt)
         elif retryable:

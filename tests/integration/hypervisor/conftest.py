@@ -11,7 +11,9 @@ Adding a driver (e.g. ``virtualbox``)
    reactor runs in a background thread; construct the driver with
    ``reactor_thread.reactor``) and ``tmp_path_factory`` for its files. When the
    driver cannot run here it calls ``pytest.skip("... missing: WHAT")`` naming
-   what is missing, never passes silently.
+   what is missing, never passes silently. If the module defines more fixtures
+   that tests use, list them all (including ``<name>_harness``) in a module
+   constant ``FIXTURES``.
 2. Add ``<name>`` to ``CONTRACT_DRIVERS`` below (and its pytest markers, if
    any, to ``DRIVER_MARKS``). That is all: the module is imported by name and
    its fixture picked up here.
@@ -49,7 +51,8 @@ for _name in CONTRACT_DRIVERS:
             raise
         _MISSING[_name] = f"harness_{_name}.py is not written yet"
         continue
-    globals()[f"{_name}_harness"] = getattr(_module, f"{_name}_harness")
+    for _fixture in getattr(_module, "FIXTURES", [f"{_name}_harness"]):
+        globals()[_fixture] = getattr(_module, _fixture)
 
 
 @pytest.fixture(scope="session")

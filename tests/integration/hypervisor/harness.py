@@ -59,6 +59,9 @@ class DriverHarness:
         crash or the OOM killer would (SIGKILL), without telling the driver.
     :param vm_processes: ``vm_dir -> pids`` of live processes that belong to a VM
         in ``vm_dir`` (used to prove destroy/cleanup_stale leave none).
+    :param run_orphan: ``(vm_dir, name)``: start a VM in ``vm_dir`` from ANOTHER
+        process with a fresh driver, then SIGKILL that process, leaving the VM
+        behind as a crashed wrapper would (for ``cleanup_stale``).
     :param boot_timeout: seconds a guest may take from ``start`` to hello.
     """
 
@@ -67,4 +70,5 @@ class DriverHarness:
     guest: GuestObserver | None
     kill_vm_process: Callable[[str], None]
     vm_processes: Callable[[Path], list[int]]
+    run_orphan: Callable[[Path, str], None]
     boot_timeout: float = 90.0
