@@ -5,6 +5,7 @@ that anything running as the volunteer's user can write. We parse it with expat
 directly and refuse any document type declaration: no DTD means no entity
 definitions, so no entity expansion ("billion laughs"), no external entities and
 no network access. The standard library's ElementTree parser would accept them.
+Nesting is limited too (:data:`MAX_DEPTH`).
 """
 
 from __future__ import annotations
@@ -14,23 +15,45 @@ from xml.parsers import expat
 
 from vmwrapper.boinc.errors import BoincApiError
 
+#: Deeper nesting is refused: nothing the client writes goes past 4 levels, and
+#: deep trees make recursive tree code (serialisation) blow Python's stack.
+MAX_DEPTH = 64
+
 
 class _Forbidden(Exception):
-    """Raised from expat callbacks to stop at a DTD or entity declaration."""
+    """Raised from expat callbacks to stop at a DTD, an entity or deep nesting."""
 
 
 def _refuse(*_args: object) -> None:
     raise _Forbidden("document type declarations and entities are not allowed")
 
 
+class _DepthLimitedBuilder(ET.TreeBuilder):
+    """A tree builder that refuses elements nested deeper than :data:`MAX_DEPTH`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._depth = 0
+
+    def start(self, tag: str, attrs: dict[str, str]) -> ET.Element:
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Forbidden(f"elements nested deeper than {MAX_DEPTH} levels")
+        return super().start(tag, attrs)
+
+    def end(self, tag: str) -> ET.Element:
+        self._depth -= 1
+        return super().end(tag)
+
+
 def parse_xml(data: bytes, what: str, error: type[BoincApiError] = BoincApiError) -> ET.Element:
-    """Parse *data* into an element tree, refusing DTDs and entity declarations.
+    """Parse *data* into an element tree, refusing DTDs, entities and deep nesting.
 
     :param what: the file name used in error messages (``init_data.xml``).
     :param error: the exception class raised on malformed or forbidden input.
     :returns: the root element.
     """
-    builder = ET.TreeBuilder()
+    builder = _DepthLimitedBuilder()
     parser = expat.ParserCreate()
     parser.StartDoctypeDeclHandler = _refuse
     parser.EntityDeclHandler = _refuse

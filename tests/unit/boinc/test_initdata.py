@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmwrapper.boinc.errors import BoincApiError, InitDataError
 from vmwrapper.boinc.initdata import InitData, parse_init_data, read_init_data
@@ -154,3 +158,38 @@ def test_missing_file_names_the_path(tmp_path):
     assert str(caught.value) == (
         f"init_data.xml: cannot read {tmp_path / 'init_data.xml'}: No such file or directory"
     )
+
+
+def test_deep_nesting_is_refused():
+    depth = 100_000
+    data = b"<app_init_data><project_preferences>%s%s</project_preferences></app_init_data>" % (
+        b"<a>" * depth,
+        b"</a>" * depth,
+    )
+    with pytest.raises(InitDataError, match="nested deeper than 64 levels"):
+        parse_init_data(data)
+
+
+CAPTURED_TEXT = (DATA / "init_data.xml").read_text()
+CAPTURED_TAGS = sorted(set(re.findall(r"<([a-z_]+)>[^<\n]*</\1>", CAPTURED_TEXT)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_parse_or_give_init_data_error(data):
+    try:
+        assert isinstance(parse_init_data(data), InitData)
+    except InitDataError as error:
+        assert str(error).startswith("init_data.xml: ")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(CAPTURED_TAGS), st.text(max_size=30))
+def test_any_text_in_any_captured_field_parses_or_names_the_field(tag, text):
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;")
+    data = re.sub(rf"<{tag}>[^<]*</{tag}>", lambda _: f"<{tag}>{escaped}</{tag}>", CAPTURED_TEXT)
+    try:
+        parse_init_data(data.encode("utf-8", errors="surrogatepass"))
+    except InitDataError as error:
+        message = str(error)
+        assert f"{tag}>" in message or "malformed XML" in message or "fraction_done" in message

@@ -6,6 +6,8 @@ import json
 import shutil
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmwrapper.boinc.errors import SharedMemoryError
 from vmwrapper.boinc.shmem import (
@@ -121,3 +123,16 @@ def test_unopenable_file(tmp_path):
         SharedMemoryError, match="cannot open the shared memory file .*Is a directory"
     ):
         SharedMemory.open(tmp_path / "boinc_mmap_file")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=CHANNEL_SIZE), min_size=8, max_size=8))
+def test_any_file_content_is_received_without_error(tmp_path_factory, channels):
+    path = tmp_path_factory.mktemp("shm") / "boinc_mmap_file"
+    path.write_bytes(b"".join(c.ljust(CHANNEL_SIZE, b"\0") for c in channels))
+    shmem = SharedMemory.open(path)
+    for channel in Channel:
+        text = shmem.receive(channel)
+        assert text is None or (isinstance(text, str) and len(text) <= CHANNEL_SIZE - 1)
+        assert not shmem.has_message(channel)
+    shmem.close()
