@@ -16,6 +16,30 @@ FAKE_VBOXMANAGE_DIR = Path(__file__).resolve().parent
 FAKE_VBOXMANAGE = FAKE_VBOXMANAGE_DIR / "VBoxManage"
 
 
+def write_qcow2(path: Path, virtual_size: int = 1 << 30) -> Path:
+    """Write an empty but structurally valid qcow2 image (version 3, 64 KiB clusters:
+    header, refcount table, refcount block, L1 table; all data unallocated).
+
+    Enough for the fake (and ``qemu-img``) to open it; cut short, it is corrupt.
+    """
+    cluster_bits = 16
+    cluster = 1 << cluster_bits
+    l1_size = -(-virtual_size // (cluster * (cluster // 8)))
+    image = bytearray(4 * cluster)
+    header = {0: b"QFI\xfb", 4: (3).to_bytes(4, "big"), 20: cluster_bits.to_bytes(4, "big"),
+              24: virtual_size.to_bytes(8, "big"), 36: l1_size.to_bytes(4, "big"),
+              40: (3 * cluster).to_bytes(8, "big"), 48: cluster.to_bytes(8, "big"),
+              56: (1).to_bytes(4, "big"), 96: (4).to_bytes(4, "big"),  # refcount_order 4
+              100: (104).to_bytes(4, "big")}  # header length
+    for offset, value in header.items():
+        image[offset:offset + len(value)] = value
+    image[cluster:cluster + 8] = (2 * cluster).to_bytes(8, "big")  # refcount block
+    for index in range(4):  # clusters 0-3 are in use once
+        image[2 * cluster + 2 * index:2 * cluster + 2 * index + 2] = (1).to_bytes(2, "big")
+    path.write_bytes(bytes(image))
+    return path
+
+
 def fake_vm_pids(root: Path) -> list[int]:
     """Live (not zombie) fake VM processes whose VM folder is below ``root``."""
     marker = f"--vm-folder {Path(root)}/"

@@ -306,6 +306,7 @@ def sniff_image(path: Path, kind: str) -> tuple[str, int]:
             "7f10dabe"):
         return "VDI", int.from_bytes(head[368:376], "little") or size
     if head.startswith(b"QFI\xfb"):
+        check_qcow2(path, head, size)
         return "QCOW2", int.from_bytes(head[24:32], "big")
     if head.startswith(b"KDMV") or head.startswith(b"# Disk DescriptorFile"):
         return "VMDK", size
@@ -314,6 +315,27 @@ def sniff_image(path: Path, kind: str) -> tuple[str, int]:
     raise VBoxError(
         f"Could not get the storage format of the medium '{path}' (VERR_NOT_SUPPORTED)",
         VBOX_E_IPRT_ERROR, "MediumWrap", "IMedium")
+
+
+def check_qcow2(path: Path, head: bytes, size: int) -> None:
+    """The header checks VirtualBox's QCOW backend makes before using an image: a
+    known version and cluster size, and tables that lie inside the file (an image
+    cut short by an interrupted download fails here)."""
+    version = int.from_bytes(head[4:8], "big")
+    cluster_bits = int.from_bytes(head[20:24], "big")
+    l1_size = int.from_bytes(head[36:40], "big")
+    l1_offset = int.from_bytes(head[40:48], "big")
+    refcount_offset = int.from_bytes(head[48:56], "big")
+    refcount_clusters = int.from_bytes(head[56:60], "big")
+    valid = (version in (2, 3) and 9 <= cluster_bits <= 21
+             and 0 < l1_offset and l1_offset + 8 * l1_size <= size
+             and 0 < refcount_offset
+             and refcount_offset + (refcount_clusters << cluster_bits) <= size)
+    if not valid:
+        raise VBoxError(
+            f"Could not open the medium '{path}'.\nVD: error VERR_VD_GEN_INVALID_HEADER "
+            f"opening image file '{path}' (VERR_VD_GEN_INVALID_HEADER)",
+            VBOX_E_FILE_ERROR, "MediumWrap", "IMedium")
 
 
 def write_vdi(path: Path, logical_size: int) -> None:

@@ -12,28 +12,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from twisted.internet import defer, task
 
-from tests.fakes.vboxmanage import FAKE_VBOXMANAGE, fake_vm_pids, kill_fake_vms
+from tests.fakes.vboxmanage import FAKE_VBOXMANAGE, fake_vm_pids, kill_fake_vms, write_qcow2
 from tests.integration.hypervisor.harness import DriverHarness, GuestSample
 from vmwrapper.hypervisor.base import VMSpec
 from vmwrapper.hypervisor.virtualbox import VirtualBoxDriver, vbox_vm_name
 
 POLL = 0.05
-
-
-def write_fake_qcow2(path: Path, virtual_size: int = 1 << 30) -> Path:
-    """A file with a qcow2 header (magic, version 3, virtual size): enough for the
-    fake to open it as a disk image; the fake never reads the data."""
-    header = bytearray(512)
-    header[0:4] = b"QFI\xfb"
-    header[4:8] = (3).to_bytes(4, "big")
-    header[24:32] = virtual_size.to_bytes(8, "big")
-    path.write_bytes(bytes(header))
-    return path
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class FakeGuestObserver:
@@ -96,7 +88,7 @@ def virtualbox_harness(reactor_thread, tmp_path_factory) -> DriverHarness:
     """The VirtualBox driver on the fake VBoxManage, with its own VBOX_USER_HOME."""
     root = tmp_path_factory.mktemp("vbox")
     home = root / "home"
-    base = write_fake_qcow2(root / "base.qcow2")
+    base = write_qcow2(root / "base.qcow2")
     vm_dirs: dict[str, Path] = {}
     driver = VirtualBoxDriver(reactor_thread.reactor, vboxmanage=str(FAKE_VBOXMANAGE),
                               vbox_user_home=home)
@@ -105,6 +97,21 @@ def virtualbox_harness(reactor_thread, tmp_path_factory) -> DriverHarness:
         vm_dirs[name] = vm_dir
         return VMSpec(name=name, base_image=base, vm_dir=vm_dir, memory_mb=128)
 
+    def run_orphan(vm_dir: Path, name: str) -> None:
+        """Create and start ``name`` from another process, then SIGKILL that process."""
+        vm_dirs[name] = vm_dir
+        wrapper = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.hypervisor.orphan_run_virtualbox",
+             str(home), str(base), str(vm_dir), name],
+            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            line = wrapper.stdout.readline()
+            assert line.startswith("running"), f"orphan run failed: {line!r}"
+        finally:
+            wrapper.kill()
+            wrapper.wait(10)
+            wrapper.stdout.close()
+
     def kill_vm_process(name: str) -> None:
         for pid in fake_vm_pids(vm_dirs[name]):
             os.kill(pid, signal.SIGKILL)
@@ -112,6 +119,7 @@ def virtualbox_harness(reactor_thread, tmp_path_factory) -> DriverHarness:
     harness = DriverHarness(
         driver=driver, make_spec=make_spec,
         guest=FakeGuestObserver(reactor_thread.reactor, vm_dirs),
-        kill_vm_process=kill_vm_process, vm_processes=fake_vm_pids, boot_timeout=10.0)
+        kill_vm_process=kill_vm_process, vm_processes=fake_vm_pids, run_orphan=run_orphan,
+        boot_timeout=10.0)
     yield harness
     kill_fake_vms(root)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.vboxmanage import FAKE_VBOXMANAGE, fake_vm_pids, kill_fake_vms
-from tests.integration.hypervisor.harness_virtualbox import FakeGuestObserver, write_fake_qcow2
+from tests.fakes.vboxmanage import FAKE_VBOXMANAGE, fake_vm_pids, kill_fake_vms, write_qcow2
+from tests.integration.hypervisor.harness_virtualbox import FakeGuestObserver
 from vmwrapper.hypervisor import errors
 from vmwrapper.hypervisor.base import PortForward, VMSpec, VMState
 from vmwrapper.hypervisor.virtualbox import VirtualBoxDriver, vbox_vm_name
@@ -31,7 +31,7 @@ class Setup:
         self.root = root
         self.home = root / "home"
         self.home.mkdir()
-        self.base = write_fake_qcow2(root / "base.qcow2")
+        self.base = write_qcow2(root / "base.qcow2")
         self.vm_dirs: dict[str, Path] = {}
         self.guest = FakeGuestObserver(self.reactor, self.vm_dirs)
 
@@ -239,7 +239,7 @@ def test_no_space_for_the_overlay_is_out_of_disk(vbox):
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         driver = vbox.driver()
-        big = write_fake_qcow2(vbox.root / "big.qcow2", virtual_size=1 << 36)  # 64 GiB
+        big = write_qcow2(vbox.root / "big.qcow2", virtual_size=1 << 36)  # 64 GiB
         spec = VMSpec(name="full", base_image=big, vm_dir=small / "vm", memory_mb=128)
         with pytest.raises(errors.OutOfDisk, match="disk is full"):
             vbox.call(driver.create, spec)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.vboxmanage import FAKE_VBOXMANAGE, fake_vm_pids, kill_fake_vms
+from tests.fakes.vboxmanage import FAKE_VBOXMANAGE, fake_vm_pids, kill_fake_vms, write_qcow2
 from tests.fakes.vboxmanage import fake_vboxmanage as fake
 
 
@@ -54,8 +54,7 @@ def vbm(tmp_path):
 @pytest.fixture
 def vm(vbm, tmp_path):
     """A registered VM with a SATA controller and a differencing disk over a base."""
-    base = tmp_path / "base.qcow2"
-    base.write_bytes(b"QFI\xfb" + bytes(20) + (1 << 30).to_bytes(8, "big") + bytes(480))
+    base = write_qcow2(tmp_path / "base.qcow2")
     vbm.ok("createvm", "--name", "boinc_t", "--basefolder", str(tmp_path / "slot"), "--register")
     vbm.ok("storagectl", "boinc_t", "--name", "SATA", "--add", "sata", "--portcount", "3")
     vbm.ok("createmedium", "disk", "--filename", str(tmp_path / "slot" / "overlay.vdi"),
@@ -263,4 +262,9 @@ def test_corrupt_and_missing_images(vbm, tmp_path):
     status, _, err = vbm("createmedium", "disk", "--filename", str(tmp_path / "o.vdi"),
                          "--diffparent", str(tmp_path / "missing.qcow2"))
     assert status == 1 and "VERR_FILE_NOT_FOUND" in err
+    truncated = tmp_path / "cut.qcow2"
+    truncated.write_bytes(write_qcow2(tmp_path / "whole.qcow2").read_bytes()[:65536])
+    status, _, err = vbm("createmedium", "disk", "--filename", str(tmp_path / "o.vdi"),
+                         "--diffparent", str(truncated))
+    assert status == 1 and "VERR_VD_GEN_INVALID_HEADER" in err
     assert not (tmp_path / "o.vdi").exists()
