@@ -71,12 +71,15 @@ class RecordingListener(RuntimeListener):
 
 
 class CpuTime:
-    """A settable CPU-time source for the runtime."""
+    """A settable CPU-time source for the runtime; raises ``error`` when set."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.error: Exception | None = None
 
     def __call__(self) -> float:
+        if self.error is not None:
+            raise self.error
         return self.seconds
 
 

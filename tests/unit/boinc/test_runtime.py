@@ -468,14 +468,11 @@ def test_listener_failure_is_logged_and_the_loop_goes_on(make_runtime, client, c
 
 
 def test_loop_error_is_logged_once_and_the_loop_survives(runtime, client, clock, cpu, capsys):
-    def broken():
-        raise OSError("getrusage failed")
-
-    runtime._cpu_time = broken
+    cpu.error = OSError("getrusage failed")
     clock.advance(5)
     err = capsys.readouterr().err
     assert err.count("BOINC status loop: OSError: getrusage failed") == 1
-    runtime._cpu_time = cpu
+    cpu.error = None
     status(client)
     clock.advance(1)
     assert status(client) is not None
