@@ -35,10 +35,12 @@ LOG_FLAGS = (
     "app_msg_send", "cpu_sched", "slot_debug",
 )
 
-#: Words in boinccmd's output that mean the command failed (it exits 0 anyway).
+#: Text in boinccmd's output that means the command failed. boinccmd 7.20.5 exits
+#: 255 after "Operation failed" and 1 when it cannot connect or authorize, but 0
+#: after "Unknown op" or a rejected attach, so both are checked.
 _BOINCCMD_FAILURES = (
-    "authentication error", "can't connect", "Operation failed", "error:", "Error:",
-    "Unknown op", "unrecognized", "not found",
+    "Operation failed", "GUI RPC error", "Authorization failure", "authentication error",
+    "can't connect", "Unknown op",
 )
 
 _live_clients: set[BoincClient] = set()
