@@ -41,6 +41,8 @@ _connection_numbers = itertools.count(1)
 
 # Bytes asked of each recv(): large, so a burst of frames costs few syscalls.
 _RECV_SIZE = 256 * 1024
+# The parser stops after these so the negotiated version applies to what follows.
+_PAUSE_AFTER = frozenset({"CONNECT", "STOMP"})
 
 
 class CodecFrameBuffer:
@@ -56,7 +58,12 @@ class CodecFrameBuffer:
         self._ready: list[Frame] = []
 
     def append(self, data: bytes) -> None:
-        self._ready.extend(self.parser.feed(data))
+        """Parse ``data``; on FrameError, frames completed before it stay ready."""
+        try:
+            self._ready.extend(self.parser.feed(data))
+        except FrameError as error:
+            self._ready.extend(error.frames)
+            raise
 
     def buffer_len(self) -> int:
         return self.parser.buffered
@@ -89,6 +96,7 @@ class BrokerRequestHandler(StompRequestHandler):
                 max_frame_size=config.max_frame_size,
                 max_header_bytes=config.max_header_bytes,
                 max_headers=config.max_headers,
+                pause_after=_PAUSE_AFTER,
             )
         )
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -156,14 +164,26 @@ class BrokerRequestHandler(StompRequestHandler):
             if not size:
                 return
             self.last_seen = clock()
+            yield from self._frames_from(view[:size])
+
+    def _frames_from(self, data) -> Iterator[CoilFrame]:
+        """Frames completed by ``data``; resumes parsing after a CONNECT pause.
+
+        The parser pauses after CONNECT so that the frames pipelined behind
+        it are parsed only once :meth:`_start_engine` has set the version.
+        """
+        while True:
             try:
-                self.buffer.append(view[:size])
+                self.buffer.append(data)
             except FrameError as error:
-                # Frames completed before the bad one are still processed.
-                yield from self.buffer
+                yield from self.buffer  # frames completed before the bad bytes
                 self.fail(error.message, code=error.code)
                 return
-            yield from self.buffer
+            ready = list(self.buffer)
+            yield from ready
+            if not ready or ready[-1].cmd not in _PAUSE_AFTER or self.outbox.closing:
+                return
+            data = b""
 
     def _read_deadline(self) -> float | None:
         """When silence from the client becomes fatal (clock time), or None."""

@@ -29,7 +29,7 @@ Wire format reminders (STOMP 1.2 spec, "Frames and headers")::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -127,6 +127,10 @@ class FrameError(ValueError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        #: Frames completed in the failing ``feed()`` call before the bad
+        #: bytes, in order: a peer still gets them processed, exactly as if
+        #: the stream had arrived one byte at a time.
+        self.frames: list[Frame] = []
 
 
 class MalformedFrame(FrameError):
@@ -221,6 +225,10 @@ class FrameParser:
     :param max_header_bytes: largest command line plus header lines.
     :param max_headers: most header lines in one frame.
     :param on_heartbeat: called with no argument for every heart-beat EOL.
+    :param pause_after: commands after which ``feed()`` stops and keeps the
+        rest buffered until the next call (``feed(b"")`` resumes).  A broker
+        passes ``{"CONNECT", "STOMP"}`` so frames pipelined behind CONNECT
+        are unescaped with the version CONNECT negotiates.
     """
 
     def __init__(
@@ -230,8 +238,10 @@ class FrameParser:
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_headers: int = DEFAULT_MAX_HEADERS,
         on_heartbeat: Callable[[], None] | None = None,
+        pause_after: Collection[str] = (),
     ) -> None:
         self.version = version
+        self.pause_after = frozenset(pause_after)
         for name, limit in (
             ("max_frame_size", max_frame_size),
             ("max_header_bytes", max_header_bytes),
@@ -273,11 +283,13 @@ class FrameParser:
 
         ``data`` is copied, so the caller may reuse its receive buffer.
 
-        :raises FrameError: on malformed or oversized input.  The parser
-            then stays failed: every later call raises the same error.
+        :raises FrameError: on malformed or oversized input, carrying the
+            frames completed before it in ``.frames``.  The parser then
+            stays failed: every later call raises the same error.
         """
         if self._failed is not None:
-            raise self._failed
+            failed = self._failed
+            raise type(failed)(failed.code, failed.message)
         buf = self._buffer
         buf += data
         frames: list[Frame] = []
@@ -295,7 +307,10 @@ class FrameParser:
                 pos = self._body_start + len(frame.body) + 1
                 self._pending = None
                 self._scan = pos
+                if frame.command in self.pause_after:
+                    break
         except FrameError as error:
+            error.frames = frames
             self._failed = error
             buf.clear()
             raise

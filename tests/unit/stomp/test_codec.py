@@ -236,3 +236,23 @@ def test_encode_rejects_bad_input():
         encode_frame(Frame("SE\nND"))
     with pytest.raises(ValueError, match="positive"):
         FrameParser(max_frame_size=0)
+
+
+def test_frames_before_an_error_are_handed_over():
+    parser = FrameParser()
+    with pytest.raises(MalformedFrame) as info:
+        parser.feed(b"SEND\n\nok\x00SEND\nbroken\n\n\x00")
+    assert [f.body for f in info.value.frames] == [b"ok"]
+    with pytest.raises(MalformedFrame) as again:
+        parser.feed(b"")
+    assert again.value.frames == []  # never handed over twice
+
+
+def test_pause_after_connect_lets_the_caller_switch_version():
+    parser = FrameParser("1.0", pause_after={"CONNECT"})
+    stream = b"CONNECT\naccept-version:1.2\n\n\x00\nSEND\nurl:a\\cb\n\n\x00SEND\nurl:c\\cd\n\n\x00"
+    (connect,) = parser.feed(stream)
+    assert connect.command == "CONNECT"
+    assert parser.buffered > 0
+    parser.version = "1.2"
+    assert [f.headers["url"] for f in parser.feed(b"")] == ["a:b", "c:d"]
