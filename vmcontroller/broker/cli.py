@@ -23,7 +23,7 @@ __all__ = ["build_parser", "main", "parse_listen"]
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` -> (host, port); raises ValueError with the expected form."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(
             f"invalid listen address {value!r}: expected HOST:PORT, e.g. 127.0.0.1:61613"
         )

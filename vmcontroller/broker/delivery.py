@@ -234,7 +234,7 @@ def _new_subscription(
     if ack not in ACK_MODES:
         raise DeliveryError(f"invalid ack mode {ack!r}; valid modes: {', '.join(ACK_MODES)}")
     raw_prefetch = headers.get("prefetch-count", "0")
-    if not raw_prefetch.isdigit():
+    if not (raw_prefetch.isascii() and raw_prefetch.isdigit()):
         raise DeliveryError(f"invalid prefetch-count {raw_prefetch!r}: expected an integer >= 0")
     return Subscription(connection, sub_id, destination, ack, int(raw_prefetch))
 

@@ -184,7 +184,7 @@ class _BrokerRules:
     def _negotiate_heartbeat(self, value: str) -> str:
         """Apply the client's ``heart-beat:cx,cy``; return the server's ``sx,sy``."""
         parts = value.split(",")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
             raise ProtocolError(f"malformed heart-beat header {value!r}: expected 'cx,cy'")
         client_send, client_receive = (int(p) for p in parts)
         config = self.connection.server.config

@@ -22,6 +22,21 @@ FRAMES_PER_CONNECTION = 25
 WORKERS = 8
 
 
+TRICKY_HEADERS = [
+    "\nprefetch-count:\u00b2".encode(),
+    "\nheart-beat:\u00b9,2".encode(),
+    "\ncontent-length:\u0663".encode(),
+    b"\nack:weird",
+    b"\nack:client",
+    b"\nid:",
+    b"\ntransaction:zz",
+    b"\nuser-id:someone",
+    b"\nreceipt:r",
+    b"\ndestination:",
+    b"\ndestination:/queue/vmc.fuzz.to_guest",
+]
+
+
 def valid_frames(rng: random.Random, vm_id: str) -> list[bytes]:
     own_in, own_out = destinations.to_guest(vm_id), destinations.to_host(vm_id)
     version = rng.choice(["1.0", "1.1", "1.2"])
@@ -48,7 +63,7 @@ def valid_frames(rng: random.Random, vm_id: str) -> list[bytes]:
 def mutate(rng: random.Random, data: bytes) -> bytes:
     data = bytearray(data)
     for _ in range(rng.randint(1, 4)):
-        kind = rng.randrange(7)
+        kind = rng.randrange(8)
         pos = rng.randrange(len(data) + 1)
         if kind == 0 and data:  # flip a byte
             data[min(pos, len(data) - 1)] = rng.randrange(256)
@@ -64,8 +79,10 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
             data[pos:pos] = rng.randbytes(rng.randrange(1, 64))
         elif kind == 5:  # non-UTF-8 header bytes
             data[pos:pos] = b"\xff\xfe"
-        else:  # many headers
+        elif kind == 6:  # many headers
             data[pos:pos] = b"\nh:v" * rng.randrange(1, 300)
+        else:  # tricky header values
+            data[pos:pos] = rng.choice(TRICKY_HEADERS)
     return bytes(data)
 
 
