@@ -40,12 +40,12 @@ class VMCpuMeter:
 
     def poll(self) -> defer.Deferred[float]:
         """Ask the driver now; fires with :meth:`episode_seconds` (never fails)."""
-        if self._polling is not None:
-            return self._chain(self._polling)
-        self._polling = self.driver.cpu_time(self.name)
-        self._polling.addCallbacks(self._got, self._failed)
-        self._polling.addBoth(self._done)
-        return self._chain(self._polling)
+        polling = self._polling
+        if polling is None:
+            polling = self._polling = defer.maybeDeferred(self.driver.cpu_time, self.name)
+            polling.addCallbacks(self._got, self._failed)
+            polling.addBoth(self._done)
+        return self._chain(polling)
 
     def new_process(self) -> None:
         """The VM's process is about to be replaced: keep what the old one used."""
