@@ -17,7 +17,8 @@ VirtualBox's VBoxManage manual, BOINC's ``samples/vboxwrapper``):
   child is killed: ``OperationTimeout``), retries with doubling pauses for the
   session lock and VBoxSVC-unreachable failures, typed errors from ``VERR_*``.
 * **Processes.** The VM process id comes from ``VBox.log`` ("Process ID:"), as
-  vboxwrapper reads it; CPU time and memory come from ``/proc``; a watcher reads
+  vboxwrapper reads it; CPU time (all its threads) and memory come from
+  ``/proc`` (``procinfo``); a watcher reads
   ``/proc`` (no ``VBoxManage`` call) every ``watch_interval`` s to notice the VM
   process ending.
 * **Stale VMs.** ``cleanup_stale`` finds VMs a crashed run left in ``vm_dir``
@@ -44,7 +45,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from vmwrapper.hypervisor import errors
+from vmwrapper.hypervisor import errors, procinfo
 from vmwrapper.hypervisor.base import (
     Capabilities,
     Checkpoint,
@@ -110,63 +111,9 @@ def vbox_vm_name(name: str) -> str:
     return "boinc_" + hashlib.md5(name.encode()).hexdigest()[:16]
 
 
-# -- /proc helpers ------------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else fields
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot; None when it is gone."""
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
-
-
-def process_tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its descendants (vboxwrapper:
-    process_tree_cpu_time)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    stack = [pid]
-    while stack:
-        current = stack.pop()
-        fields = _proc_stat(current)
-        if fields:
-            total += (int(fields[11]) + int(fields[12])) / ticks
-            stack.extend(_children(current))
-    return total
-
-
-def process_rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            "utf-8", "replace")
-    except OSError:
-        return ""
+def _same_process(pid: int | None, start: int | None) -> bool:
+    """True while ``pid`` runs and is the process that started at ``start``."""
+    return bool(pid) and procinfo.is_running(pid) and procinfo.start_ticks(pid) == start
 
 
 # -- the driver ---------------------------------------------------------------------
@@ -194,7 +141,7 @@ class _VM:
         return self.spec.vm_dir / OVERLAY_FILE
 
     def process_alive(self) -> bool:
-        return bool(self.pid) and process_start_time(self.pid) == self.pid_start
+        return _same_process(self.pid, self.pid_start)
 
 
 class VirtualBoxDriver(HypervisorDriver):
@@ -317,7 +264,7 @@ class VirtualBoxDriver(HypervisorDriver):
             text = ""
         pid = parse_vm_pid(text)
         vm.pid = pid
-        vm.pid_start = process_start_time(pid) if pid else None
+        vm.pid_start = procinfo.start_ticks(pid) if pid else None
 
     # -- host -------------------------------------------------------------------------
 
@@ -714,12 +661,12 @@ class VirtualBoxDriver(HypervisorDriver):
     def cpu_time(self, name: str) -> defer.Deferred[float]:
         vm = self._vm(name)
         if vm.process_alive():
-            vm.last_cpu = max(vm.last_cpu, process_tree_cpu_seconds(vm.pid))
+            vm.last_cpu = max(vm.last_cpu, procinfo.cpu_seconds(vm.pid))
         return defer.succeed(vm.last_cpu)
 
     def memory_use(self, name: str) -> defer.Deferred[int]:
         vm = self._vm(name)
-        return defer.succeed(process_rss_bytes(vm.pid) if vm.process_alive() else 0)
+        return defer.succeed(procinfo.resident_bytes(vm.pid) if vm.process_alive() else 0)
 
     def console_log(self, name: str, max_bytes: int = 65536) -> defer.Deferred[str]:
         """The serial console file; without one, the "Guest Log:" lines of VBox.log
@@ -790,8 +737,8 @@ class VirtualBoxDriver(HypervisorDriver):
             pid = parse_vm_pid((folder / "Logs" / "VBox.log").read_text(errors="replace"))
         except OSError:
             pid = None
-        if pid and process_start_time(pid) is not None and (
-                str(folder) in _cmdline(pid) or vbox_name in _cmdline(pid)):
+        command = " ".join(procinfo.command_line(pid)) if pid and procinfo.is_running(pid) else ""
+        if command and (str(folder) in command or vbox_name in command):
             os.kill(pid, signal.SIGKILL)
             acted = True
         if keep_checkpoint:
