@@ -444,19 +444,26 @@ def encode(message: Message, payload: bytes = b"") -> bytes:
     fields.update(dataclasses.asdict(message))
     header = _json.dumps(fields, separators=(",", ":")).encode("utf-8")
     if message.HAS_PAYLOAD:
-        return header + b"\n" + payload
+        return b"".join((header, b"\n", payload))
     return header
 
 
 def decode(body: bytes) -> tuple[Message, bytes]:
     """Parse a STOMP body into ``(message, payload)``.
 
+    The payload is a zero-copy ``memoryview`` of ``body`` when there is one
+    (file chunks are large: copying them again costs real throughput); call
+    ``bytes()`` on it to keep it beyond the body's life.
+
     :raises ProtocolError: with :attr:`ErrorCode.MALFORMED`,
         :attr:`ErrorCode.UNKNOWN_TYPE` or :attr:`ErrorCode.BAD_VERSION`; its
         ``seq`` is set when the request id could be read.
     """
     newline = body.find(b"\n")
-    header, payload = (body, b"") if newline == -1 else (body[:newline], body[newline + 1 :])
+    if newline == -1:
+        header, payload = body, b""
+    else:
+        header, payload = body[:newline], memoryview(body)[newline + 1 :]
     try:
         fields = _json.loads(header.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:

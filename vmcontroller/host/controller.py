@@ -511,7 +511,7 @@ class HostController:
     def _on_output(self, vm_id: str, message: Output, payload: bytes) -> None:
         callback = self._outputs.get(message.re)
         if callback is not None:
-            callback(message.stream, payload)
+            callback(message.stream, bytes(payload))
 
     def _on_exit(self, vm_id: str, message: Exit, payload: bytes) -> None:
         self._requests.resolve(
