@@ -124,3 +124,28 @@ def test_transfer_resumes_after_broker_restart(
     moved = transfer.bytes_sent if direction == "put" else transfer.bytes_received
     assert cut_at < SIZE
     assert moved <= SIZE + SLACK, f"{moved} bytes moved for {SIZE}: restarted, not resumed"
+
+
+def test_agent_detects_a_dead_connection_by_heartbeats_and_reconnects(
+    host_reactor, restartable, tmp_path, request
+):
+    """A frozen peer (as after a VM snapshot restore) is noticed and left behind.
+
+    The broker (or the relay in front of RabbitMQ) is SIGSTOPped: TCP stays
+    up but nothing arrives.  The agent must give up on that connection after
+    its heart-beat grace and reconnect once the broker answers again.
+    """
+    import os
+    import signal
+
+    harness = Harness(host_reactor, restartable, tmp_path, request)
+    agent = harness.ready_agent(heartbeat=0.5)
+    os.kill(restartable.process.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: "presumed dead" in agent.log(), 10, "the agent to notice")
+    finally:
+        os.kill(restartable.process.pid, signal.SIGCONT)
+    wait_until(
+        lambda: agent.log().count("connected to the broker") >= 2, 20, "the agent to reconnect"
+    )
+    assert harness.call(harness.host.ping, agent.vm_id, timeout=20) >= 0
