@@ -80,9 +80,11 @@ def global_prefs_xml(leave_apps_in_memory: bool = False, disk_interval: float = 
     return f"<global_preferences>\n{body}</global_preferences>\n"
 
 
-def cc_config_xml(log_flags: Sequence[str] = LOG_FLAGS) -> str:
+def cc_config_xml(log_flags: Sequence[str] = LOG_FLAGS, no_priority_change: bool = True) -> str:
+    """cc_config.xml: verbose log flags; ``no_priority_change`` runs apps at normal priority."""
     flags = "".join(f"        <{flag}>1</{flag}>\n" for flag in log_flags)
-    return f"<cc_config>\n    <log_flags>\n{flags}    </log_flags>\n</cc_config>\n"
+    options = f"    <options>\n        <no_priority_change>{int(no_priority_change)}</no_priority_change>\n    </options>\n"
+    return f"<cc_config>\n    <log_flags>\n{flags}    </log_flags>\n{options}</cc_config>\n"
 
 
 def app_info_xml(app_name: str, main_program: str, other_files: Sequence[str], version_num: int,
@@ -118,6 +120,11 @@ class BoincClient:
     Configure (``install_app``) before :meth:`start`; stop with :meth:`stop`
     (always safe, also after a crash). ``data_dir`` must not be shared with
     another client.
+
+    ``no_priority_change`` (default on) keeps apps at normal priority instead
+    of nice 19 + SCHED_IDLE: on a machine shared with other busy work, idle
+    priority can starve the app for seconds and make latency tests flaky.
+    Turn it off to run apps exactly as volunteers' clients do.
     """
 
     def __init__(
@@ -127,6 +134,7 @@ class BoincClient:
         gui_rpc_port: int | None = None,
         leave_apps_in_memory: bool = False,
         checkpoint_period: float = 60,
+        no_priority_change: bool = True,
         boinc: str = BOINC,
         boinccmd: str = BOINCCMD,
     ) -> None:
@@ -135,6 +143,7 @@ class BoincClient:
         self.gui_rpc_port = gui_rpc_port or free_port()
         self.leave_apps_in_memory = leave_apps_in_memory
         self.checkpoint_period = checkpoint_period
+        self.no_priority_change = no_priority_change
         self.log_path = self.data_dir / "client.log"
         self._boinc = boinc
         self._boinccmd = boinccmd
@@ -147,7 +156,9 @@ class BoincClient:
         (self.data_dir / "global_prefs_override.xml").write_text(
             global_prefs_xml(self.leave_apps_in_memory, self.checkpoint_period)
         )
-        (self.data_dir / "cc_config.xml").write_text(cc_config_xml())
+        (self.data_dir / "cc_config.xml").write_text(
+            cc_config_xml(no_priority_change=self.no_priority_change)
+        )
         # An empty password file written before the start turns GUI RPC auth off.
         (self.data_dir / "gui_rpc_auth.cfg").write_text("")
 

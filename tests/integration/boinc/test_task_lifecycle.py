@@ -15,6 +15,8 @@ def test_app_reports_progress_checkpoints_and_finishes(new_job, boinc_client, bo
     assert start["result_name"] == job.result_name
     assert start["standalone"] is False
     assert start["checkpoint_period"] == pytest.approx(2.0)
+    # The harness asks for <no_priority_change/>: no nice 19 / SCHED_IDLE on a shared machine.
+    assert (start["nice"], start["sched_idle"]) == (0, False)
 
     # Progress as the client sees it, through GUI RPC.
     running = boinc_client.wait_for_task(

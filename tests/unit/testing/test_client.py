@@ -36,7 +36,9 @@ def test_configuration_files_written_before_start(tmp_path):
     assert "<leave_apps_in_memory>1</leave_apps_in_memory>" in prefs
     assert "<suspend_cpu_usage>0</suspend_cpu_usage>" in prefs
     assert "<disk_interval>5</disk_interval>" in prefs
-    assert "<trickle_debug>1</trickle_debug>" in (tmp_path / "d" / "cc_config.xml").read_text()
+    cc_config = (tmp_path / "d" / "cc_config.xml").read_text()
+    assert "<trickle_debug>1</trickle_debug>" in cc_config
+    assert "<no_priority_change>1</no_priority_change>" in cc_config
     assert (tmp_path / "d" / "gui_rpc_auth.cfg").read_text() == ""
     assert 0 < client.gui_rpc_port < 65536
 

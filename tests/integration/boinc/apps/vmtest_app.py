@@ -73,6 +73,7 @@ class TestApp(RuntimeListener):
             work_done=self.work_done, wu_cpu_time=init.wu_cpu_time,
             checkpoint_period=init.checkpoint_period, standalone=self.runtime.standalone,
             leave_apps_in_memory=init.global_prefs.leave_apps_in_memory,
+            nice=os.nice(0), sched_idle=os.sched_getscheduler(0) == os.SCHED_IDLE,
         )
         self.runtime.start()
         task.LoopingCall(self.step).start(STEP, now=False)
