@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -148,3 +149,21 @@ def test_missing_client_program_says_how_to_install_it(tmp_path):
     client = BoincClient(tmp_path / "d", boinc=str(tmp_path / "no-boinc"))
     with pytest.raises(RuntimeError, match="bootstrap.sh installs Debian's boinc-client"):
         client.start()
+
+
+def test_atexit_safety_net_kills_a_client_nobody_stopped(tmp_path):
+    fake_client(tmp_path)  # writes the fake programs
+    forgetful = textwrap.dedent(f"""\
+        from vmwrapper.testing.client import BoincClient
+        client = BoincClient({str(tmp_path / "d")!r}, boinc={str(tmp_path / "boinc")!r},
+                             boinccmd={str(tmp_path / "boinccmd")!r})
+        client.start()
+        client.wait_until(lambda: len(client.app_pids()) == 1, 5, "the fake app")
+        print(client.pid, *client.app_pids())
+    """)
+    done = subprocess.run([sys.executable, "-c", forgetful], capture_output=True, text=True,
+                          timeout=30, check=True)
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert len(pids) == 2
+    assert not [pid for pid in pids if processes.is_running(pid)]
+    assert processes.pids_inside(tmp_path / "d") == []
