@@ -501,7 +501,7 @@ class Wrapper(RuntimeListener):
     def _start_daemons(self) -> None:
         seqs = []
         for index, daemon in daemon_tasks(self.job):
-            command = guest_command(daemon, self.job)
+            command = self._command_for(daemon)
             seq, d = self.channel.run(self.vm_name, command.shell, command.env, command.cwd,
                                       None, self.output.stream(f"daemon {index + 1}"))
             d.addErrback(lambda f, i=index: self._log(
@@ -519,6 +519,12 @@ class Wrapper(RuntimeListener):
             except Exception as error:  # noqa: BLE001 - it may have ended already
                 self._log(f"stopping a daemon task: {_describe(error)}")
 
+    def _command_for(self, job_task: Any) -> Any:
+        try:
+            return guest_command(job_task, self.job)
+        except ValueError as error:
+            raise WrapperError(Outcome.failure(ExitStatus.INIT_FAILURE, str(error))) from None
+
     async def _run_task(self, index: int, application: str, adopt: int | None) -> None:
         job_task = self.job.task[index]
         label = f"task {index + 1}"
@@ -529,7 +535,7 @@ class Wrapper(RuntimeListener):
             running = self.channel.adopt(self.vm_name, adopt, on_output)
             self._log(f"{label} ({application}) continues after the restore")
         else:
-            command = guest_command(job_task, self.job)
+            command = self._command_for(job_task)
             self._run_seq, running = self.channel.run(self.vm_name, command.shell, command.env,
                                                       command.cwd, command.timeout, on_output)
             self._log(f"{label} started in the guest: {command.shell}")

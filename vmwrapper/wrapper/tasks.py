@@ -2,7 +2,9 @@
 
 A ``<task>`` with ``<where>guest</where>`` runs through the guest agent as one
 ``/bin/sh -c`` command in the agent's work directory: the application with
-its command line (quoted as the admin wrote it), stdin/stdout/stderr
+its command line split into arguments as BOINC's wrapper does (quotes group
+words; nothing is expanded, so ``$i`` reaches the program as written),
+stdin/stdout/stderr
 redirected to the named guest files, ``setenv`` as the environment, and
 ``time_limit`` as the agent's timeout (reaching it counts as success, as in
 BOINC's wrapper).
@@ -37,11 +39,14 @@ def guest_command(task: Task, job: JobDescription) -> GuestCommand:
     values = {name: value for name, value in macro_values(job, "", "").items()
               if name not in ("PROJECT_DIR", "PWD")}
     task = expand_task(task, values)
-    words = [f"exec {shlex.quote(task.application)}"]
-    if task.command_line:
-        words.append(task.command_line)
-    if task.append_cmdline_args and job.flags.passthrough_args:
-        words.append(shlex.join(job.flags.passthrough_args))
+    try:
+        arguments = shlex.split(task.command_line)
+    except ValueError as exc:
+        raise ValueError(f"<task> {task.application}: <command_line> cannot be split into "
+                         f"arguments ({exc}); check its quotes") from None
+    if task.append_cmdline_args:
+        arguments += job.flags.passthrough_args
+    words = ["exec", shlex.join([task.application, *arguments])]
     for operator, name in (("<", task.stdin_filename), (">", task.stdout_filename),
                            ("2>", task.stderr_filename)):
         if name:

@@ -42,7 +42,7 @@ def test_job_runs_to_success_and_cleans_up(slot):
     assert slot.output.read_bytes() == b"1 a\n2 b\n"
     # the agent's settings went onto the user-data disk
     assert run.config_disks[0]["vm_id"] == VM
-    assert run.channel.shells == ["exec /bin/sh -c \"compute\""]
+    assert run.channel.shells == ["exec /bin/sh -c compute"]
     assert_nothing_left(run)
 
 

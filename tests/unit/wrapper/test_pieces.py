@@ -96,6 +96,10 @@ def test_guest_command_quotes_and_redirects():
     command = guest_command(task, job)
     assert command.shell == ("exec '/opt/my app' --threads 3 --in '$PWD' --x 'a b' "
                              "< in.txt > out.txt 2> err.txt")
+    shell = guest_command(Task(application="/bin/sh", command_line='-c "echo $i > f"'), job)
+    assert shell.shell == "exec /bin/sh -c 'echo $i > f'"
+    with pytest.raises(ValueError, match="check its quotes"):
+        guest_command(Task(application="x", command_line='"open'), job)
     assert (command.env, command.cwd, command.timeout) == ({"A": "1"}, "work", 60.0)
 
 
