@@ -25,6 +25,10 @@ from trickle_handler.rules import HostRow, Message, ResultCredit, ResultRow
 #: Rows per IN list / multi-row statement; keeps statements well under max_allowed_packet.
 CHUNK = 1000
 
+#: Rows per ``CASE id WHEN ...`` update: the server tries each WHEN in turn for every row, so the
+#: cost grows with the square of this; 100 took about 25 % less time than 1000 on MariaDB 10.11.
+CASE_CHUNK = 100
+
 #: ``msg_from_host.handled`` for a message that earned credit or needed none, and for a rejected one.
 HANDLED_OK = 1
 HANDLED_REJECTED = 2
@@ -41,9 +45,9 @@ class Account:
     changed: bool = False
 
 
-def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(values), CHUNK):
-        yield values[start : start + CHUNK]
+def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def fetch_pending(
@@ -174,7 +178,7 @@ def lock_teams(db: Database, ids: Iterable[int]) -> dict[int, Account]:
 def save_accounts(db: Database, table: str, accounts: Iterable[Account]) -> None:
     """Add each changed account's batch credit to ``total_credit`` and store its new average."""
     changed = sorted((a for a in accounts if a.changed), key=lambda a: a.id)
-    for part in _chunks(changed):
+    for part in _chunks(changed, CASE_CHUNK):
         cases = " ".join(["WHEN ? THEN ?"] * len(part))
         params: list[Any] = []
         for a in part:
