@@ -21,6 +21,8 @@ Semantics (kept close to RabbitMQ's, the broker used at scale):
   (marked ``redelivered:true``); topic messages are dropped.
 * The MESSAGE ``ack`` header (STOMP 1.2) carries the message id, so every
   version acknowledges by the same key.
+* A STOMP 1.0 consumer does not get headers 1.0 cannot represent (a
+  newline anywhere, a ``:`` in a name) of messages sent with 1.1/1.2.
 
 Locking: one lock per manager guards subscription and pending state and is
 held only for bookkeeping; frames are handed to the consumer's
@@ -150,9 +152,13 @@ def message_frame(sub: Subscription, message: CoilFrame) -> Frame:
     }
     if sub.needs_ack and sub.connection.version == "1.2":
         headers["ack"] = message_id
+    legacy = sub.connection.version == "1.0"
     for name, value in message.headers.items():
-        if name not in headers and name not in _SEND_ONLY_HEADERS:
-            headers[name] = value
+        if name in headers or name in _SEND_ONLY_HEADERS:
+            continue
+        if legacy and ("\n" in name or "\n" in value or ":" in name):
+            continue  # STOMP 1.0 cannot carry it (no escaping): the consumer goes without
+        headers[name] = value
     return Frame("MESSAGE", headers, message.body)
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from vmcontroller.stomp.codec import HEARTBEAT, Frame, encode_frame, encode_head
+from vmcontroller.stomp.codec import HEARTBEAT, Frame, encode_head
 
 __all__ = ["Outbox", "OutboxClosed"]
 
@@ -171,13 +171,22 @@ class Outbox:
         for item in batch:
             if isinstance(item, bytes):
                 packed += item
-            elif len(item.body) < _LARGE_BODY:
-                packed += encode_frame(item, version)
+                continue
+            try:
+                head = encode_head(item, version)
+            except ValueError:
+                # A broker bug, not the client's: drop this frame, keep the connection.
+                log.exception("cannot encode a %s frame for STOMP %s", item.command, version)
+                continue
+            if len(item.body) < _LARGE_BODY:
+                packed += head
+                packed += item.body
+                packed += b"\x00"
             else:
                 if packed:
                     buffers.append(bytes(packed))
                     packed.clear()
-                buffers += (encode_head(item, version), item.body, b"\x00")
+                buffers += (head, item.body, b"\x00")
                 size += len(item.body)
             if size + len(packed) >= _MAX_WRITE or len(buffers) > _MAX_BUFFERS:
                 if packed:

@@ -10,7 +10,7 @@ import stomp
 from vmcontroller.broker import BrokerConfig, EmbeddedBroker, generate_credentials
 from vmcontroller.broker.blocking_client import BlockingClient
 
-VM_IDS = ("a1", "b2", "c3", "d4", "fuzz")
+VM_IDS = ("a1", "b2", "c3", "d4", "fuzz", "fuzzcheck")
 #: The shared broker's frame limit (small, so the oversize test is cheap).
 MAX_FRAME = 1024 * 1024
 

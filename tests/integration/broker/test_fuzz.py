@@ -37,27 +37,53 @@ TRICKY_HEADERS = [
 ]
 
 
-def valid_frames(rng: random.Random, vm_id: str) -> list[bytes]:
+def session_frames(rng: random.Random, vm_id: str, as_host: bool, version: str) -> list[Frame]:
+    """What an agent (or the host, mirrored) might send: mostly legal, a few refused."""
     own_in, own_out = destinations.to_guest(vm_id), destinations.to_host(vm_id)
-    version = rng.choice(["1.0", "1.1", "1.2"])
-    body = rng.randbytes(rng.choice([0, 1, 10, 300, 5000]))
-    candidates = [
-        Frame("SEND", {"destination": own_out, "x": "a:b\\c"}, body),
-        Frame("SEND", {"destination": destinations.PRESENCE}, body),
-        Frame("SUBSCRIBE", {"destination": own_in, "id": str(rng.randrange(5)), "ack": "client"}),
-        Frame("UNSUBSCRIBE", {"id": str(rng.randrange(5))}),
-        Frame("ACK", {"id": "q-x-1", "message-id": "m", "subscription": "0"}),
-        Frame("NACK", {"id": "t-x-1", "message-id": "m", "subscription": "0"}),
-        Frame("BEGIN", {"transaction": "t1"}),
-        Frame("COMMIT", {"transaction": "t1"}),
-        Frame("ABORT", {"transaction": "t2"}),
-        Frame("SEND", {"destination": own_out, "transaction": "t1"}, body),
-        Frame("DISCONNECT", {"receipt": "r"}),
-        Frame("SEND", {"destination": destinations.to_host("a1")}, body),  # forbidden
-        Frame("CONNECTED", {}),
-        Frame("SEND", {"destination": own_out, "receipt": "r"}, body),
-    ]
-    return [encode_frame(rng.choice(candidates), version) for _ in range(FRAMES_PER_CONNECTION)]
+    if as_host:  # the host reads what the agents send and feeds their queue
+        own_in, own_out = own_out, own_in
+    ack = rng.choice(["auto", "client", "client-individual"])
+    values = ["plain", "a:b\\c"] + ([] if version == "1.0" else ["é\nx\r"])
+    frames = [Frame("SUBSCRIBE", {"destination": own_in, "id": "s0", "ack": ack})]
+    subscriptions = 1
+    transaction = 0
+    while len(frames) < FRAMES_PER_CONNECTION:
+        body = rng.randbytes(rng.choice([0, 1, 10, 300, 5000, 70000]))
+        headers = {"destination": own_out, "x": rng.choice(values)}
+        roll = rng.random()
+        if roll < 0.55:
+            frames.append(Frame("SEND", headers, body))
+        elif roll < 0.65:
+            frames.append(Frame("SEND", {**headers, "receipt": f"r{len(frames)}"}, body))
+        elif roll < 0.70 and not as_host:
+            frames.append(Frame("SEND", {"destination": destinations.PRESENCE}, body))
+        elif roll < 0.80:
+            transaction += 1
+            name = f"t{transaction}"
+            frames.append(Frame("BEGIN", {"transaction": name}))
+            frames.append(Frame("SEND", {**headers, "transaction": name}, body))
+            frames.append(Frame(rng.choice(["COMMIT", "ABORT"]), {"transaction": name}))
+        elif roll < 0.85:
+            frames.append(
+                Frame("SUBSCRIBE", {"destination": own_in, "id": f"s{subscriptions}", "ack": ack})
+            )
+            frames.append(Frame("UNSUBSCRIBE", {"id": f"s{subscriptions}"}))
+            subscriptions += 1
+        else:  # refused: each ends the connection with an ERROR
+            frames.append(
+                rng.choice(
+                    [
+                        Frame("ACK", {"id": "q-x-1", "message-id": "m", "subscription": "s0"}),
+                        Frame("NACK", {"id": "t-x-1", "message-id": "m", "subscription": "s0"}),
+                        Frame("SEND", {"destination": "/queue/elsewhere"}, body),
+                        Frame("SUBSCRIBE", {"destination": destinations.to_guest("a1"), "id": "z"}),
+                        Frame("CONNECTED", {}),
+                        Frame("COMMIT", {"transaction": "never-begun"}),
+                        Frame("DISCONNECT", {"receipt": "bye"}),
+                    ]
+                )
+            )
+    return frames[:FRAMES_PER_CONNECTION]
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
@@ -86,30 +112,32 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(data)
 
 
-def one_connection(address, login, seed: int) -> int:
+def one_connection(address, credentials, seed: int) -> int:
     rng = random.Random(seed)
-    connect = encode_frame(
-        Frame(
-            "CONNECT",
-            {
-                "accept-version": rng.choice(["1.0", "1.1,1.2", "1.2", "2.0", "1.1"]),
-                "host": "localhost",
-                "login": login.login,
-                "passcode": login.passcode,
-                "heart-beat": rng.choice(["0,0", "100,100", "x"]),
-            },
-        )
-    )
-    frames = valid_frames(rng, login.vm_id)
-    frames = [mutate(rng, f) if rng.random() < 0.3 else f for f in frames]
-    if rng.random() < 0.1:
-        connect = mutate(rng, connect)
+    as_host = rng.random() < 0.5
+    login = credentials.host_login() if as_host else credentials.vm_login("fuzz")
+    version = rng.choice(["1.0", "1.1", "1.2"])
+    connect_headers = {
+        "accept-version": version,
+        "host": "localhost",
+        "login": login.login,
+        "passcode": login.passcode,
+        "heart-beat": rng.choice(["0,0", "0,0", "100,100"]),
+    }
+    if rng.random() < 0.05:  # refused at CONNECT
+        connect_headers[rng.choice(["accept-version", "heart-beat", "passcode"])] = "2.0,x"
+    connect = encode_frame(Frame("CONNECT", connect_headers))
+    frames = [encode_frame(f, version) for f in session_frames(rng, "fuzz", as_host, version)]
+    frames = [mutate(rng, f) if rng.random() < 0.1 else f for f in frames]
     if rng.random() < 0.05:
-        connect = b""  # garbage first
+        connect = mutate(rng, connect)
+    if rng.random() < 0.03:
+        connect = b""  # no CONNECT at all
     with socket.create_connection(address, timeout=3) as sock:
         try:
             sock.sendall(connect + b"".join(frames))
-            sock.shutdown(socket.SHUT_WR) if rng.random() < 0.5 else None
+            if rng.random() < 0.5:
+                sock.shutdown(socket.SHUT_WR)
             while sock.recv(65536):
                 pass
         except (TimeoutError, OSError):
@@ -122,16 +150,18 @@ def open_fds() -> int:
 
 
 def test_fuzz_never_dies_never_leaks(broker, credentials, raw, caplog):
-    login = credentials.vm_login("fuzz")
+    login = credentials.vm_login("fuzzcheck")
     # warm up so lazily created objects do not count as leaks
-    one_connection(broker.address, login, 0)
+    one_connection(broker.address, credentials, 0)
     time.sleep(0.2)
     threads_before, fds_before = threading.active_count(), open_fds()
 
     caplog.set_level(logging.ERROR, logger="vmcontroller.broker")
     connections = FRAMES // FRAMES_PER_CONNECTION
     with ThreadPoolExecutor(WORKERS) as pool:
-        sent = sum(pool.map(lambda s: one_connection(broker.address, login, s), range(connections)))
+        sent = sum(
+            pool.map(lambda s: one_connection(broker.address, credentials, s), range(connections))
+        )
     assert sent == FRAMES
 
     deadline = time.monotonic() + 10
@@ -149,6 +179,6 @@ def test_fuzz_never_dies_never_leaks(broker, credentials, raw, caplog):
     host.connect(credentials.host_login().login, credentials.host_login().passcode)
     agent = raw()
     agent.connect(login.login, login.passcode)
-    host.send(destinations.to_guest("fuzz"), b"alive?")
-    agent.subscribe(destinations.to_guest("fuzz"), "a")
+    host.send(destinations.to_guest("fuzzcheck"), b"alive?")
+    agent.subscribe(destinations.to_guest("fuzzcheck"), "a")
     assert agent.receive(timeout=5).body == b"alive?"

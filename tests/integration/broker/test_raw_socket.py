@@ -207,3 +207,22 @@ def test_large_and_small_bodies_interleaved(raw, credentials):
     for body in bodies:
         host.send(destinations.to_guest("d4"), body)
     assert [agent.receive(timeout=10).body for _ in bodies] == bodies
+
+
+def test_headers_1_0_cannot_carry_are_left_out_for_1_0_consumers(raw, credentials):
+    host_login, vm_login = credentials.host_login(), credentials.vm_login("c3")
+    old_agent = raw("1.0")
+    old_agent.connect(vm_login.login, vm_login.passcode)
+    old_agent.subscribe(destinations.to_guest("c3"), "legacy")
+    old_agent.sync()
+    host = raw("1.2")
+    host.connect(host_login.login, host_login.passcode)
+    host.send(
+        destinations.to_guest("c3"),
+        b"body",
+        {"multi": "line\nvalue", "na:me": "v", "url": "http://x:1/"},
+    )
+    message = old_agent.receive(timeout=5)
+    assert message.body == b"body"
+    assert message.headers["url"] == "http://x:1/"
+    assert "multi" not in message.headers and "na:me" not in message.headers
