@@ -36,6 +36,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.epollreactor import EPollReactor
 
 from vmcontroller.broker.credentials import generate_credentials, load_credentials
+from vmcontroller.broker.rabbitmq import permissions_for
+from vmcontroller.destinations import Role
 from vmcontroller.host.controller import HostController
 from vmcontroller.stomp.client import StompConfig, StompSession
 
@@ -176,14 +178,10 @@ class RabbitBroker:
         ]
         self._free = list(self.vms)
         users = [self.host_user] + [(user, password) for _, user, password in self.vms]
-        permissions = [(self.host_user[0], ".*", ".*", ".*")]
-        for vm_id, user, _ in self.vms:
-            own = rf"vmc\.{vm_id}\..*"
-            # configure/read: only its own queues; write: its queues plus the
-            # default exchange (queue sends) and amq.topic (the presence topic).
-            permissions.append(
-                (user, f"^{own}$", rf"^({own}|amq\.default|amq\.topic)$", f"^{own}$")
-            )
+        # The deployment's permission regexes (vmcontroller.broker.rabbitmq), so
+        # these tests prove the agent and host need nothing more.
+        permissions = [(self.host_user[0], permissions_for(Role.HOST))]
+        permissions += [(user, permissions_for(Role.VM, vm_id)) for vm_id, user, _ in self.vms]
 
         def erl(text: str) -> str:
             return '<<"' + text.replace("\\", "\\\\") + '">>'
@@ -191,11 +189,17 @@ class RabbitBroker:
         calls = [
             f'rabbit_auth_backend_internal:add_user({erl(u)}, {erl(p)}, <<"test">>)'
             for u, p in users
-        ] + [
-            f'rabbit_auth_backend_internal:set_permissions({erl(u)}, <<"/">>, '
-            f'{erl(c)}, {erl(w)}, {erl(r)}, <<"test">>)'
-            for u, c, w, r in permissions
         ]
+        for user, perms in permissions:
+            calls.append(
+                f'rabbit_auth_backend_internal:set_permissions({erl(user)}, <<"/">>, '
+                f'{erl(perms.configure)}, {erl(perms.write)}, {erl(perms.read)}, <<"test">>)'
+            )
+            calls.append(
+                f'rabbit_auth_backend_internal:set_topic_permissions({erl(user)}, <<"/">>, '
+                f'<<"amq.topic">>, {erl(perms.topic_write)}, {erl(perms.topic_read)}, '
+                '<<"test">>)'
+            )
         _rabbitmqctl("eval", "[" + ", ".join(calls) + "].")
 
     def host_login(self) -> tuple[str, str]:
