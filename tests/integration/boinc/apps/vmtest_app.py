@@ -15,8 +15,8 @@ Events: start, checkpoint, trickle_up_sent, suspend, resume, quit, abort,
 client_died, no_heartbeat, reread_app_info, network_available,
 network_suspended_changed, trickle_down, finish. Every line has ``event``,
 ``t`` (Unix time) and ``pid``. On quit the app exits 0 at once (the client
-restarts it; progress resumes from the last checkpoint); on abort it calls
-``abort_exit()``; when the client dies it exits 0.
+restarts it; progress resumes from the last checkpoint) with ``quit_exit()``;
+on abort it calls ``abort_exit()``; when the client dies it exits 0.
 """
 
 from __future__ import annotations
@@ -119,8 +119,7 @@ class TestApp(RuntimeListener):
 
     def quit(self) -> None:
         self.events.record("quit")
-        self.runtime.stop()
-        os._exit(0)
+        self.runtime.quit_exit()
 
     def abort(self) -> None:
         self.events.record("abort")
