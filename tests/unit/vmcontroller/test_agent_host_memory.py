@@ -24,7 +24,6 @@ from vmcontroller.protocol import (
     ErrorCode,
     Hello,
     RemoteError,
-    TransferFailed,
     decode,
 )
 from vmcontroller.transfer import TransferError
@@ -262,4 +261,26 @@ def test_get_of_a_missing_file_says_not_found(world):
     failure = result_of(got)
     assert failure.value.code == ErrorCode.NOT_FOUND
     assert not (world.local / "n").exists()
-    assert isinstance(TransferFailed, type)
+
+
+def test_redelivered_requests_are_not_run_twice(world):
+    world.host.watch(VM)
+    world.settle()
+    body = b'{"type":"kill","v":1,"seq":41,"target":999}'
+    world.host_session.send(to_guest(VM), body)
+    world.host_session.send(to_guest(VM), body)  # the broker redelivers it
+    world.settle()
+    replies = [decode(b)[0] for d, b in world.agent_session.sent if d == to_host(VM)]
+    assert [(m.re, m.code) for m in replies if isinstance(m, Error)] == [(41, ErrorCode.NOT_FOUND)]
+
+
+def test_replies_wait_in_the_outbox_while_the_broker_is_away(world):
+    from vmcontroller.protocol import Pong
+
+    world.agent_session.disconnect()
+    world.agent.reply(Pong(1))
+    world.agent.reply(Pong(2))
+    sent_before = len(world.agent_session.sent)
+    world.agent_session.connect()
+    pongs = [decode(b)[0] for _, b in world.agent_session.sent[sent_before:]]
+    assert [m.re for m in pongs if isinstance(m, Pong)] == [1, 2]

@@ -1,0 +1,166 @@
+"""TransferSender and TransferReceiver wired back to back, driven by a Clock."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+
+import pytest
+from twisted.internet.task import Clock
+
+from vmcontroller.protocol import (
+    Data,
+    DataAck,
+    DataEnd,
+    DataSync,
+    ErrorCode,
+    TransferDone,
+    TransferFailed,
+)
+from vmcontroller.transfer import TransferError, TransferReceiver, TransferSender, temp_path_for
+
+
+class Link:
+    """Two one-way queues between a sender and a receiver; tests pump them."""
+
+    def __init__(self, tmp_path, size=10_000, chunk=1000, window=3, max_size=None):
+        self.clock = Clock()
+        self.source = tmp_path / "src"
+        self.source.write_bytes(os.urandom(size))
+        self.target = tmp_path / "dst"
+        self.to_receiver = collections.deque()
+        self.to_sender = collections.deque()
+        self.sender = TransferSender(
+            "t", str(self.source), lambda m, p: self.to_receiver.append((m, bytes(p))),
+            None, self.clock, chunk_size=chunk, window=window, sync_after=2.0,
+            give_up_after=30.0,
+        )  # fmt: skip
+        self.receiver = TransferReceiver(
+            "t", str(self.target), lambda m, p: self.to_sender.append((m, p)), self.clock,
+            max_size=max_size,
+        )  # fmt: skip
+
+    def pump(self, drop=lambda m: False):
+        moved = True
+        while moved:
+            moved = False
+            while self.to_receiver:
+                message, payload = self.to_receiver.popleft()
+                moved = True
+                if drop(message):
+                    continue
+                if isinstance(message, Data):
+                    self.receiver.on_data(message, payload)
+                elif isinstance(message, DataSync):
+                    self.receiver.on_sync(message)
+                elif isinstance(message, DataEnd):
+                    self.receiver.on_end(message)
+                elif isinstance(message, TransferFailed):
+                    self.receiver.on_failed(message)
+            while self.to_sender:
+                message, _ = self.to_sender.popleft()
+                moved = True
+                if isinstance(message, DataAck):
+                    self.sender.on_ack(message)
+                elif isinstance(message, TransferDone):
+                    self.sender.on_done(message)
+                elif isinstance(message, TransferFailed):
+                    self.sender.on_failed(message)
+
+
+def _result(deferred):
+    out = []
+    deferred.addBoth(out.append)
+    return out[0] if out else None
+
+
+def test_window_bounds_the_chunks_in_flight(tmp_path):
+    link = Link(tmp_path)
+    link.sender.start(0)
+    assert [m.offset for m, _ in link.to_receiver] == [0, 1000, 2000]
+    link.pump()
+    result = _result(link.sender.done)
+    assert result.size == 10_000
+    assert result.sha256 == hashlib.sha256(link.source.read_bytes()).hexdigest()
+    assert link.target.read_bytes() == link.source.read_bytes()
+    assert _result(link.receiver.done) == result
+    assert not os.path.exists(temp_path_for(str(link.target), "t"))
+
+
+def test_a_lost_chunk_is_resent_after_a_gap_sync(tmp_path):
+    link = Link(tmp_path)
+    link.sender.start(0)
+    dropped = []
+
+    def drop_first_1000(message):
+        if isinstance(message, Data) and message.offset == 1000 and not dropped:
+            dropped.append(message)
+            return True
+        return False
+
+    link.pump(drop_first_1000)
+    assert dropped and _result(link.sender.done).size == 10_000
+    assert link.target.read_bytes() == link.source.read_bytes()
+
+
+def test_stalled_sender_resyncs_and_rewinds(tmp_path):
+    link = Link(tmp_path)
+    link.sender.start(0)
+    link.pump(drop=lambda m: isinstance(m, Data) and m.offset >= 2000)  # everything lost
+    assert link.receiver.offset == 2000 and not link.sender.done.called
+    link.clock.advance(2.0)  # no progress for sync_after: ask the receiver
+    assert isinstance(link.to_receiver[0][0], DataSync)
+    link.pump()
+    assert link.target.read_bytes() == link.source.read_bytes()
+    assert link.sender.bytes_sent <= 10_000 + 3 * 1000
+
+
+def test_a_lost_end_is_repeated_and_answered_again(tmp_path):
+    link = Link(tmp_path, size=2500)
+    link.sender.start(0)
+    link.pump(drop=lambda m: isinstance(m, DataEnd))
+    assert not link.sender.done.called
+    link.clock.advance(2.0)
+    link.pump()
+    assert _result(link.sender.done).size == 2500
+
+
+def test_checksum_mismatch_fails_both_sides_and_leaves_no_file(tmp_path):
+    link = Link(tmp_path, size=3000)
+    link.sender.start(0)
+    link.pump(drop=lambda m: isinstance(m, DataEnd))
+    link.receiver.on_end(DataEnd("t", 3000, "0" * 64))
+    link.pump()
+    failure = _result(link.receiver.done)
+    assert failure.check(TransferError) and failure.value.code == ErrorCode.CHECKSUM
+    assert _result(link.sender.done).value.code == ErrorCode.CHECKSUM
+    assert not link.target.exists()
+    assert not os.path.exists(temp_path_for(str(link.target), "t"))
+
+
+def test_size_limit_stops_the_receiver(tmp_path):
+    link = Link(tmp_path, size=5000, max_size=4000)
+    link.sender.start(0)
+    link.pump()
+    assert _result(link.receiver.done).value.code == ErrorCode.TOO_LARGE
+    assert _result(link.sender.done).value.code == ErrorCode.TOO_LARGE
+    assert not link.target.exists()
+
+
+def test_silence_gives_up_eventually(tmp_path):
+    link = Link(tmp_path)
+    link.sender.start(0)
+    link.to_receiver.clear()
+    link.clock.pump([2.0] * 16)
+    assert _result(link.sender.done).check(TransferError)
+
+
+def test_bad_parameters_and_acks_are_refused(tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(ValueError):
+        TransferSender("t", str(tmp_path / "f"), print, None, Clock(), chunk_size=0)
+    link = Link(tmp_path, size=100)
+    link.sender.start(0)
+    link.sender.on_ack(DataAck("t", 500))
+    assert _result(link.sender.done).value.code == ErrorCode.BAD_REQUEST
