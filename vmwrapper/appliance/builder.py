@@ -68,7 +68,8 @@ class BuildOptions:
 
     :param output: cache directory holding ``base-*``, ``image-*`` and ``current``.
     :param kernel: a key of ``KERNELS``.
-    :param formats: disk formats to write, from ``FORMATS`` (qcow2 is always written).
+    :param formats: disk formats to write, from ``FORMATS`` (qcow2 is always written;
+        a cached image is exported to formats it lacks without a rebuild).
     :param disk_mb: size of the (sparse) disk.
     :param force: rebuild the image (and the root tree) even when cached.
     """
@@ -142,7 +143,7 @@ def base_key(opts: BuildOptions) -> str:
 def image_key(opts: BuildOptions) -> str:
     """Cache key of the disks: the root tree's key plus every file copied into the image."""
     parts = [base_key(opts).encode(), KERNEL_CMDLINE.encode(), " ".join(INITRD_MODULES).encode(),
-             str(opts.disk_mb).encode(), " ".join(sorted(opts.formats)).encode()]
+             str(opts.disk_mb).encode()]
     for directory in (GUEST_DIR, agent_package_dir()):
         for path in _tree_files(directory):
             parts += [str(path.relative_to(directory)).encode(), path.read_bytes()]
@@ -379,7 +380,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = lambda _: None) -> Ap
             cached = find_built(opts=opts)
             if cached:
                 log(f"appliance {cached.key} is up to date in {cached.directory}")
-                return cached
+                return _add_formats(cached, opts.formats, log)
         started = time.monotonic()
         root = _build_root(opts, log)
         key = image_key(opts)
@@ -395,17 +396,9 @@ def build(opts: BuildOptions, log: Callable[[str], None] = lambda _: None) -> Ap
             raw = work / "appliance.raw"
             _make_disk(tree, raw, opts.disk_mb)
             shutil.rmtree(tree)
-            disks = {"qcow2": "appliance.qcow2"}
-            _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / disks["qcow2"])],
-                 "converting to qcow2")
-            if "vdi" in opts.formats:
-                disks["vdi"] = "appliance.vdi"
-                _run(["qemu-img", "convert", "-O", "vdi", str(raw), str(work / "appliance.vdi")],
-                     "converting to VDI")
-            if "vmdk" in opts.formats:
-                disks["vmdk"] = "appliance.vmdk"
-                _run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized",
-                      str(raw), str(work / "appliance.vmdk")], "converting to VMDK")
+            disks = {fmt: f"appliance.{fmt}" for fmt in ("qcow2", *opts.formats)}
+            for fmt, name in disks.items():
+                _convert(raw, fmt, work / name)
             raw.unlink()
             manifest = {"key": key, "kernel_version": kver, "kernel": KERNELS[opts.kernel],
                         "cmdline": KERNEL_CMDLINE, "agent_root": AGENT_ROOT, "disks": disks,
@@ -421,8 +414,49 @@ def build(opts: BuildOptions, log: Callable[[str], None] = lambda _: None) -> Ap
             shutil.rmtree(work, ignore_errors=True)
             raise
         _point_current(opts.output, final)
+        _prune(opts.output, final)
         log(f"appliance {key} built in {manifest['built_seconds']} s: {final}")
         return find_built_key(opts.output, key)  # type: ignore[return-value]
+
+
+_CONVERT_OPTIONS = {"qcow2": [], "vdi": [], "vmdk": ["-o", "subformat=streamOptimized"]}
+
+
+def _convert(source: Path, fmt: str, target: Path) -> None:
+    partial = target.with_name(target.name + ".part")
+    _run(["qemu-img", "convert", "-O", fmt, *_CONVERT_OPTIONS[fmt], str(source), str(partial)],
+         f"converting to {fmt}")
+    partial.replace(target)
+
+
+def _add_formats(appliance: Appliance, formats: tuple[str, ...],
+                 log: Callable[[str], None]) -> Appliance:
+    """Export a cached appliance to formats it was not built with (from its qcow2)."""
+    missing = [f for f in formats if f not in appliance.disks]
+    if not missing:
+        return appliance
+    manifest_path = appliance.directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for fmt in missing:
+        log(f"exporting {fmt}")
+        name = f"appliance.{fmt}"
+        _convert(appliance.qcow2, fmt, appliance.directory / name)
+        manifest["disks"][fmt] = name
+    partial = manifest_path.with_suffix(".part")
+    partial.write_text(json.dumps(manifest, indent=2) + "\n")
+    partial.replace(manifest_path)
+    return find_built_key(appliance.directory.parent, appliance.key)  # type: ignore[return-value]
+
+
+#: Older images kept besides the newest (a running test or VM may still use one).
+KEEP_OLD_IMAGES = 2
+
+
+def _prune(output: Path, keep: Path) -> None:
+    images = sorted((p for p in output.glob("image-*") if p.is_dir() and p != keep),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in images[KEEP_OLD_IMAGES:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _point_current(output: Path, final: Path) -> None:

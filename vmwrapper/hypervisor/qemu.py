@@ -347,13 +347,17 @@ class QemuDriver(HypervisorDriver):
         except KeyError:
             raise VMNotFound(f"no VM named {name!r} in this QEMU driver") from None
 
-    async def _qemu_img(self, *args: str) -> str:
+    async def _qemu_img_status(self, *args: str) -> tuple[str, str, int]:
         binary = self._which(self.qemu_img, "QEMU's image tool")
         out, err, code = await getProcessOutputAndValue(
             binary, list(args), env=dict(os.environ, LC_ALL="C"))
+        return out.decode(errors="replace"), err.decode(errors="replace"), code
+
+    async def _qemu_img(self, *args: str) -> str:
+        out, err, code = await self._qemu_img_status(*args)
         if code != 0:
-            raise classify_qemu_error(err.decode(errors="replace") or out.decode())
-        return out.decode()
+            raise classify_qemu_error(err or out)
+        return out
 
     def _write_record(self, vm: _VM, **updates: Any) -> None:
         path = vm.spec.vm_dir / RECORD
@@ -411,11 +415,28 @@ class QemuDriver(HypervisorDriver):
                     raise ImageCorrupt(f"{spec.base_image} is neither a known disk image "
                                        "format nor a bootable raw disk")
         elif fmt == "qcow2":
-            with contextlib.suppress(HypervisorFailure):  # leaked clusters etc. are harmless
-                await self._qemu_img("check", "-q", str(spec.base_image))
+            # qemu-img check: 0 clean, 3 leaked clusters only (harmless), 1/2 broken.
+            out, err, code = await self._qemu_img_status("check", str(spec.base_image))
+            if code in (1, 2):
+                first = (err or out).strip().splitlines()[:1] or ["check failed"]
+                raise ImageCorrupt(f"{spec.base_image} is damaged ({first[0]})")
+        made_dir = not spec.vm_dir.exists()
         spec.vm_dir.mkdir(parents=True, exist_ok=True)
         vm = _VM(spec=spec, overlay=spec.vm_dir / OVERLAY,
                  qmp_socket=self._socket_path(spec.vm_dir))
+        try:
+            await self._make_overlay(vm, fmt)
+        except BaseException:
+            if made_dir:
+                with contextlib.suppress(OSError):
+                    spec.vm_dir.rmdir()
+            raise
+        self._vms[spec.name] = vm
+        self._write_record(vm, base_image=str(spec.base_image), pid=None)
+
+    async def _make_overlay(self, vm: _VM, fmt: str) -> None:
+        """Create the copy-on-write overlay, or adopt the one an earlier run left."""
+        spec = vm.spec
         if not vm.overlay.exists():
             self._check_free(spec.vm_dir, 64 * _MiB + spec.memory_mb * _MiB // 2,
                              "the VM's disk overlay and a checkpoint")
@@ -426,8 +447,6 @@ class QemuDriver(HypervisorDriver):
                 partial.replace(vm.overlay)
             finally:
                 partial.unlink(missing_ok=True)
-        self._vms[spec.name] = vm
-        self._write_record(vm, base_image=str(spec.base_image), pid=None)
 
     def _argv(self, vm: _VM, binary: str, info: HostInfo) -> list[str]:
         spec = vm.spec

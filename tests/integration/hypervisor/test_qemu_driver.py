@@ -1,0 +1,114 @@
+"""QEMU-specific behaviour beyond the contract: accelerator probe, deadlines,
+death reporting, missing binary, a full disk. Real QEMU processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.integration.hypervisor.harness_qemu import processes_in
+from vmwrapper.hypervisor.base import VMState
+from vmwrapper.hypervisor.errors import HypervisorNotInstalled, OperationTimeout, OutOfDisk
+
+pytestmark = pytest.mark.qemu
+
+
+def _name() -> str:
+    return f"q-{uuid.uuid4().hex[:8]}"
+
+
+def test_kvm_probe_fails_fast_then_is_cached(qemu_session, appliance, tmp_path):
+    rt = qemu_session.rt
+    cache = tmp_path / "kvm-probe.json"
+    options = dict(accel="auto", probe_kernel=appliance.probe_kernel,
+                   probe_initrd=appliance.probe_initrd, probe_timeout=8.0, probe_cache=cache)
+    started = time.monotonic()
+    first = rt.call(qemu_session.new_driver(**options).probe_host, timeout=60)
+    took = time.monotonic() - started
+    assert took < 8.0 + 5.0, f"the KVM probe took {took:.1f} s"
+    if not os.access("/dev/kvm", os.W_OK):
+        assert not first.accelerated and "no usable /dev/kvm" in first.detail
+        return
+    assert cache.exists(), "a probe verdict must be cached on disk"
+    started = time.monotonic()
+    second = rt.call(qemu_session.new_driver(**options).probe_host, timeout=60)
+    assert time.monotonic() - started < 2.0
+    assert second.accelerated == first.accelerated
+    assert "cached" in second.detail
+    assert processes_in(appliance.directory) == [], "the probe QEMU was left running"
+
+
+def test_death_is_reported_at_once(qemu_session, tmp_path, request):
+    rt = qemu_session.rt
+    driver = qemu_session.new_driver()
+    spec = qemu_session.make_spec(tmp_path / "vm", _name())
+    request.addfinalizer(lambda: rt.call(driver.destroy, spec.name, timeout=60))
+    rt.call(driver.create, spec)
+    rt.call(driver.start, spec.name)
+    waiter = []
+    rt.call(lambda: waiter.append(driver.when_stopped(spec.name)))
+    killed = time.monotonic()
+    os.kill(rt.call(driver.pid, spec.name), signal.SIGKILL)
+    assert rt.call(lambda: waiter[0], timeout=10) is VMState.CRASHED
+    assert time.monotonic() - killed < 1.0
+
+
+def test_start_deadline_kills_a_hung_qemu(qemu_session, tmp_path, request):
+    """A QEMU that never answers on QMP is killed when the start deadline passes."""
+    rt = qemu_session.rt
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text("#!/bin/sh\n"
+                    'if [ "$1" = --version ]; then echo "QEMU emulator version 0.0-hung"; exit 0; fi\n'
+                    'exec python3 -c "import time; time.sleep(600)" "$@"\n')
+    fake.chmod(0o755)
+    driver = qemu_session.new_driver(qemu_binary=str(fake), start_timeout=2.0)
+    spec = qemu_session.make_spec(tmp_path / "vm", _name())
+    request.addfinalizer(lambda: rt.call(driver.destroy, spec.name, timeout=60))
+    rt.call(driver.create, spec)
+    started = time.monotonic()
+    with pytest.raises(OperationTimeout):
+        rt.call(driver.start, spec.name, timeout=30)
+    assert time.monotonic() - started < 10
+    assert processes_in(spec.vm_dir) == []
+    assert rt.call(driver.state, spec.name) in (VMState.STOPPED, VMState.CRASHED)
+
+
+def test_qemu_binary_missing(qemu_session, tmp_path):
+    rt = qemu_session.rt
+    driver = qemu_session.new_driver(qemu_binary="/nonexistent/qemu-system-x86_64")
+    spec = qemu_session.make_spec(tmp_path / "vm", _name())
+    with pytest.raises(HypervisorNotInstalled) as info:
+        rt.call(driver.create, spec)
+    assert "/nonexistent/qemu-system-x86_64" in str(info.value)
+    assert "Install" in str(info.value)
+    assert rt.call(driver.state, spec.name) is VMState.ABSENT
+    assert not spec.vm_dir.exists()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path, request):
+    """An 8 MiB tmpfs: too small for a VM's overlay and checkpoint."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(mount_point)]))
+    return mount_point
+
+
+def test_no_space_for_the_overlay(qemu_session, small_tmpfs):
+    rt = qemu_session.rt
+    driver = qemu_session.new_driver()
+    spec = qemu_session.make_spec(small_tmpfs / "vm", _name())
+    with pytest.raises(OutOfDisk) as info:
+        rt.call(driver.create, spec)
+    assert "MiB free" in str(info.value)
+    assert rt.call(driver.state, spec.name) is VMState.ABSENT
+    assert not (small_tmpfs / "vm").exists(), "create must remove the directory it made"
