@@ -30,6 +30,7 @@ import collections
 import os
 import platform
 import shlex
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -157,7 +158,7 @@ class Agent:
         if self._heartbeat_call is not None and self._heartbeat_call.active():
             self._heartbeat_call.cancel()
         for command in list(self.commands.values()):
-            command.kill()
+            command.kill(signal.SIGKILL)  # no time for a grace period: we are leaving
         for sender in list(self.senders.values()):
             sender.cancel(ErrorCode.IO_ERROR, reason)
         for receiver in list(self.receivers.values()):

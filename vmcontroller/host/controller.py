@@ -49,6 +49,7 @@ from vmcontroller.protocol import (
     DataEnd,
     DataSync,
     Error,
+    ErrorCode,
     Exit,
     Get,
     Heartbeat,
@@ -189,9 +190,9 @@ class HostController:
             self._cancel_deadline(status)
         self._requests.fail_all(ConnectionLostError("host controller stopped"))
         for sender in list(self.senders.values()):
-            sender.cancel("io_error", "host controller stopped")
+            sender.cancel(ErrorCode.IO_ERROR, "host controller stopped")
         for receiver in list(self.receivers.values()):
-            receiver.fail("io_error", "host controller stopped")
+            receiver.fail(ErrorCode.IO_ERROR, "host controller stopped")
         return self.session.stop()
 
     def when_connected(self, fail_after: int | None = None) -> defer.Deferred[Any]:
@@ -305,7 +306,7 @@ class HostController:
             size = os.path.getsize(source)
             file_mode = mode if mode is not None else os.stat(source).st_mode & 0o777
         except OSError as problem:
-            return defer.fail(TransferError("not_found", f"{source}: {problem.strerror}"))
+            return defer.fail(TransferError(ErrorCode.NOT_FOUND, f"{source}: {problem.strerror}"))
 
         def request_sync() -> None:
             self._send(vm_id, Put(seq, tid, destination, size, file_mode), quiet=True)
@@ -348,7 +349,9 @@ class HostController:
                 sync_after=self.transfer_sync_after,
             )
         except OSError as problem:
-            return defer.fail(TransferError("io_error", f"{destination}: {problem.strerror}"))
+            return defer.fail(
+                TransferError(ErrorCode.IO_ERROR, f"{destination}: {problem.strerror}")
+            )
         self.receivers[tid] = receiver
         self._transfer_requests[seq] = tid
         request(0)
