@@ -83,24 +83,34 @@ class Outbox:
         with self._cond:
             if self._closing:
                 raise OutboxClosed()
-            if self._queued > self.max_bytes:
-                deadline = time.monotonic() + self.put_timeout
-                while self._queued > self.max_bytes and not self._closing:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        self._closing = True
-                        self._cond.notify_all()
-                        log.warning(
-                            "consumer stuck for %ss: closing its connection", self.put_timeout
-                        )
-                        raise OutboxClosed()
-                    self._cond.wait(remaining)
-                if self._closing:
-                    raise OutboxClosed()
-            self._items.append(item)
-            self._queued += size
-            if len(self._items) == 1:
-                self._cond.notify_all()
+            if self._wait_for_room():
+                self._items.append(item)
+                self._queued += size
+                if len(self._items) == 1:
+                    self._cond.notify_all()
+                return
+            if self._closing:
+                raise OutboxClosed()
+            self._closing = True
+            self._cond.notify_all()
+        # Stuck: the writer is blocked in a send the client never reads, and
+        # only shutting the socket down frees it (and the reader).
+        log.warning("consumer stuck for %ss: closing its connection", self.put_timeout)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        raise OutboxClosed()
+
+    def _wait_for_room(self) -> bool:
+        """With the lock held: wait until the queue is under its limit (False: gave up)."""
+        deadline = time.monotonic() + self.put_timeout
+        while self._queued > self.max_bytes and not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._cond.wait(remaining)
+        return not self._closing
 
     def set_heartbeat(self, interval: float | None) -> None:
         """Send an EOL whenever nothing was written for ``interval`` seconds."""

@@ -112,3 +112,45 @@ def test_client_ack_is_cumulative_and_prefetch_limits_in_flight(small_broker):
     agent.ack(first)  # already settled by the cumulative ack
     with pytest.raises(BrokerRefused, match="no un-acknowledged message"):
         agent.receive()
+
+
+def test_stuck_consumer_is_dropped_and_others_keep_flowing():
+    """A consumer that stops reading blocks only its producer, then is disconnected."""
+    credentials = generate_credentials(["stuck", "fine"])
+    config = BrokerConfig(outbox_max_bytes=64 * 1024, slow_consumer_timeout=0.5)
+    with EmbeddedBroker(("127.0.0.1", 0), credentials, config) as broker:
+        clients = []
+
+        def connect(vm=None):
+            login = credentials.vm_login(vm) if vm else credentials.host_login()
+            client = BlockingClient(broker.address, timeout=10)
+            clients.append(client)
+            client.connect(login.login, login.passcode)
+            return client
+
+        try:
+            stuck = connect("stuck")
+            stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stuck.subscribe(destinations.to_guest("stuck"))
+            stuck.sync()
+            feeder = connect()
+            fine_agent = connect("fine")
+            fine_agent.subscribe(destinations.to_guest("fine"))
+            fine_agent.sync()
+            other = connect()
+            # ~16 MB for a consumer that never reads: far beyond socket buffers + outbox
+            body = b"s" * 65536
+            for _ in range(256):
+                feeder.send(destinations.to_guest("stuck"), body)
+            # meanwhile an unrelated pair is not held up
+            other.send(destinations.to_guest("fine"), b"unaffected")
+            assert fine_agent.receive(timeout=5).body == b"unaffected"
+            # the feeder gets through once the stuck consumer is dropped
+            assert feeder.sync() == []
+            deadline = time.monotonic() + 10
+            while broker.connection_count > 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert broker.connection_count == 3  # stuck one gone: feeder, fine_agent, other
+        finally:
+            for client in clients:
+                client.close()
