@@ -16,7 +16,15 @@ from trickle_handler.credit import NO_PERCENTILES, SpeedPercentiles, grant_avera
 from trickle_handler.db import Database, RetryableError
 from trickle_handler.messages import Trickle, parse_trickle
 from trickle_handler.reasons import Reason, RejectedMessage
-from trickle_handler.rules import Grant, Message, Policy, ResultRow, assess, check_result
+from trickle_handler.rules import (
+    Grant,
+    HostRow,
+    Message,
+    Policy,
+    ResultRow,
+    assess,
+    check_result,
+)
 
 #: Default messages per transaction.
 DEFAULT_BATCH_SIZE = 1000
@@ -127,13 +135,12 @@ class BatchHandler:
                         with_runtime.add(result.id)
         states = store.lock_states(db, own, with_runtime) if own else {}
         hosts, host_accounts = store.lock_hosts(db, {m.hostid for m in messages})
-        users = store.lock_users(db, {h.userid for h in hosts.values()}) if hosts else {}
-        teamids = {u.link for u in users.values() if u.link}
-        teams = store.lock_teams(db, teamids) if teamids else {}
+        user_teams = store.user_teams(db, {h.userid for h in hosts.values()}) if hosts else {}
 
         now = self.now()
         rejected: list[int] = []
         reason_rows: list[tuple[int, str, int, int, str]] = []
+        credited: list[tuple[Message, Grant, HostRow]] = []
         for msg in messages:
             trickle = trickles[msg.id]
             try:
@@ -142,8 +149,7 @@ class BatchHandler:
                 host = hosts.get(msg.hostid)
                 if host is None:
                     raise RejectedMessage(Reason.UNKNOWN_HOST, f"host {msg.hostid}")
-                user = users.get(host.userid)
-                if user is None:
+                if host.userid not in user_teams:
                     raise RejectedMessage(Reason.UNKNOWN_USER, f"user {host.userid}")
                 result: ResultRow = check_result(msg, results.get(trickle.result_name), self.policy)
                 grant = assess(
@@ -159,15 +165,29 @@ class BatchHandler:
                 if self.message_log:
                     self.message_log(msg, None, (exc.reason,), exc.detail)
                 continue
-            notes = list(grant.notes)
             _add(host_accounts[host.id], grant.credit, now)
-            _add(user, grant.credit, now)
-            if user.link:
-                team = teams.get(user.link)
-                if team is None:
-                    notes.append(Reason.UNKNOWN_TEAM)
-                else:
-                    _add(team, grant.credit, now)
+            credited.append((msg, grant, host))
+
+        # Rows only this daemon touches are written first; user and team rows, which other
+        # daemons and the validator share, are locked last so they stay locked for least time.
+        if rejected:
+            store.mark_rejected(db, rejected)
+        store.save_states(db, states.values())
+        store.save_accounts(db, "host", host_accounts.values())
+        users = store.lock_users(db, {host.userid for _, _, host in credited}) if credited else {}
+        teamids = {u.link for u in users.values() if u.link}
+        teams = store.lock_teams(db, teamids) if teamids else {}
+        for msg, grant, host in credited:
+            notes = list(grant.notes)
+            user = users.get(host.userid)
+            if user is not None:  # None only if the user was deleted since it was read above
+                _add(user, grant.credit, now)
+                if user.link:
+                    team = teams.get(user.link)
+                    if team is None:
+                        notes.append(Reason.UNKNOWN_TEAM)
+                    else:
+                        _add(team, grant.credit, now)
             stats.credited += 1
             stats.seconds += grant.seconds
             stats.credit += grant.credit
@@ -176,11 +196,6 @@ class BatchHandler:
                 reason_rows.append((msg.id, note.code, msg.hostid, msg.create_time, ""))
             if self.message_log:
                 self.message_log(msg, grant, tuple(notes), "")
-
-        if rejected:
-            store.mark_rejected(db, rejected)
-        store.save_states(db, states.values())
-        store.save_accounts(db, "host", host_accounts.values())
         store.save_accounts(db, "user", users.values())
         store.save_accounts(db, "team", teams.values())
         store.save_reasons(db, reason_rows)

@@ -3,7 +3,7 @@
 Every function runs inside the caller's transaction (see :mod:`trickle_handler.batch`). Rows that
 will be written are read with ``FOR UPDATE`` in one fixed order — messages, result state, host,
 user, team, each by ascending id — so daemons sharing the work (``--mod``) cannot deadlock each
-other; a deadlock with another program (the validator also updates user and team) surfaces as
+other (only user and team rows are shared between them, and those are locked last); a deadlock with another program (the validator also updates user and team) surfaces as
 :class:`~trickle_handler.db.RetryableError` and the batch is run again.
 """
 
@@ -163,6 +163,17 @@ def lock_hosts(db: Database, ids: Iterable[int]) -> tuple[dict[int, HostRow], di
             rows_by_id[int(i)] = HostRow(int(i), int(userid), int(ncpus), float(fpops))
             accounts[int(i)] = Account(int(i), Average(float(avg), float(when)), int(userid))
     return rows_by_id, accounts
+
+
+def user_teams(db: Database, ids: Iterable[int]) -> dict[int, int]:
+    """userid -> teamid of the users that exist (not locked; see :func:`lock_users`)."""
+    found: dict[int, int] = {}
+    for part in _chunks(sorted(set(ids))):
+        rows = db.query(
+            f"SELECT id, teamid FROM user WHERE id IN ({placeholders(len(part))})", part
+        )
+        found.update((int(i), int(t)) for i, t in rows)
+    return found
 
 
 def lock_users(db: Database, ids: Iterable[int]) -> dict[int, Account]:
