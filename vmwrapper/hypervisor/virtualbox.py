@@ -18,9 +18,9 @@ VirtualBox's VBoxManage manual, BOINC's ``samples/vboxwrapper``):
   session lock and VBoxSVC-unreachable failures, typed errors from ``VERR_*``.
 * **Processes.** The VM process id comes from ``VBox.log`` ("Process ID:"), as
   vboxwrapper reads it; CPU time (all its threads) and memory come from
-  ``/proc`` (``procinfo``); a watcher reads
-  ``/proc`` (no ``VBoxManage`` call) every ``watch_interval`` s to notice the VM
-  process ending.
+  ``/proc`` (``procinfo``); the end of the VM process is an event (a Linux
+  pidfd the reactor watches), with /proc polling every ``watch_interval`` s as
+  the fallback; no ``VBoxManage`` polling.
 * **Stale VMs.** ``cleanup_stale`` finds VMs a crashed run left in ``vm_dir``
   (from the record file ``virtualbox-vm.json`` there and the settings files),
   plus any ``boinc_*`` VM still holding our overlay disk (vboxwrapper:
@@ -38,6 +38,7 @@ import json
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,37 @@ def _same_process(pid: int | None, start: int | None) -> bool:
     return bool(pid) and procinfo.is_running(pid) and procinfo.start_ticks(pid) == start
 
 
+class _ExitWatch:
+    """Tells when a process that is not our child ends, without polling: a Linux
+    pidfd (``os.pidfd_open``, kernel >= 5.3) becomes readable at its exit, and the
+    reactor watches it like a socket (Twisted ``IReadDescriptor``)."""
+
+    def __init__(self, reactor: Any, pid: int, on_exit: Callable[[], None]) -> None:
+        self.reactor = reactor
+        self.fd = os.pidfd_open(pid)
+        self.on_exit = on_exit
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> None:
+        self.close()
+        self.on_exit()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.close()
+
+    def logPrefix(self) -> str:
+        return "vm-exit"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.reactor.removeReader(self)
+            os.close(self.fd)
+            self.fd = -1
+
+
 # -- the driver ---------------------------------------------------------------------
 
 
@@ -130,6 +162,7 @@ class _VM:
     pid_start: int | None = None
     waiters: list[defer.Deferred[VMState]] = field(default_factory=list)
     watcher: task.LoopingCall | None = None
+    exit_watch: _ExitWatch | None = None
     last_cpu: float = 0.0
 
     @property
@@ -154,7 +187,8 @@ class VirtualBoxDriver(HypervisorDriver):
     :param clock: ``IReactorTime`` for deadlines, retries and the watcher (default: reactor).
     :param command_timeout: seconds per ordinary VBoxManage call (vboxwrapper: 45).
     :param long_timeout: seconds for calls that do real work (start, snapshots).
-    :param watch_interval: seconds between checks that the VM process still lives.
+    :param watch_interval: seconds between checks that the VM process still lives,
+        when the reactor or kernel cannot watch a pidfd.
     :param retry_delay: first pause before retrying a locked session (doubles each time).
     :param environ: the environment VBoxManage runs in (default ``os.environ``).
     :param use_api: ``"auto"`` uses ``vboxapi`` for state and pause/resume when it
@@ -435,17 +469,38 @@ class VirtualBoxDriver(HypervisorDriver):
     def _started(self, vm: _VM) -> None:
         self._read_vm_pid(vm)
         vm.last_cpu = 0.0
-        if vm.watcher is None or not vm.watcher.running:
-            vm.watcher = task.LoopingCall(self._watch, vm)
-            vm.watcher.clock = self.clock
-            vm.watcher.start(self.watch_interval, now=False)
+        self._watch_exit(vm)
+
+    def _watch_exit(self, vm: _VM) -> None:
+        """Learn of the VM process's end: through a pidfd when the reactor and the
+        kernel allow it, else by reading /proc every ``watch_interval`` (no VBoxManage
+        call either way)."""
+        if self._is_watching(vm):
+            return
+        if vm.pid and hasattr(self.reactor, "addReader") and hasattr(os, "pidfd_open"):
+            try:
+                watch = _ExitWatch(self.reactor, vm.pid, lambda: self._watch(vm))
+            except OSError:
+                pass
+            else:
+                if vm.process_alive():  # the pid still names our process: watch it
+                    vm.exit_watch = watch
+                    return
+                watch.close()
+        vm.watcher = task.LoopingCall(self._watch, vm)
+        vm.watcher.clock = self.clock
+        vm.watcher.start(self.watch_interval, now=not vm.pid)
+
+    @staticmethod
+    def _is_watching(vm: _VM) -> bool:
+        return (vm.exit_watch is not None and vm.exit_watch.fd >= 0) or (
+            vm.watcher is not None and vm.watcher.running)
 
     def _watch(self, vm: _VM) -> defer.Deferred[None] | None:
-        """Runs every ``watch_interval``: /proc only; VBoxManage once the process is gone."""
+        """The VM process may have ended: /proc says; VBoxManage only once it is gone."""
         if vm.process_alive():
             return None
-        if vm.watcher is not None and vm.watcher.running:
-            vm.watcher.stop()
+        self._stop_watching(vm)
         d = self._current_state(vm)
         d.addCallback(lambda state: self._fire_stopped(vm, state))
         d.addErrback(lambda failure: log.failure("watching {vm}", failure, vm=vm.vbox_name))
@@ -459,6 +514,9 @@ class VirtualBoxDriver(HypervisorDriver):
             waiter.callback(state)
 
     def _stop_watching(self, vm: _VM) -> None:
+        if vm.exit_watch is not None:
+            vm.exit_watch.close()
+            vm.exit_watch = None
         if vm.watcher is not None and vm.watcher.running:
             vm.watcher.stop()
 
@@ -469,26 +527,25 @@ class VirtualBoxDriver(HypervisorDriver):
             return VMState.ABSENT
         return VBOX_STATES.get(vbox_state, VMState.STOPPED)
 
-    @defer.inlineCallbacks
-    def pause(self, name: str) -> Any:
-        vm = self._vm(name)
-        state = yield self.state(name)
-        if state is VMState.PAUSED:
-            return None
-        if state is not VMState.RUNNING:
-            raise errors.VMStateError(f"cannot pause VM {name!r}: it is {state.value}")
-        yield self._control(vm, "pause")
-        return None
+    def pause(self, name: str) -> defer.Deferred[None]:
+        return self._change(name, "pause", VMState.PAUSED)
+
+    def resume(self, name: str) -> defer.Deferred[None]:
+        return self._change(name, "resume", VMState.RUNNING)
 
     @defer.inlineCallbacks
-    def resume(self, name: str) -> Any:
+    def _change(self, name: str, action: str, target: VMState) -> Any:
+        """pause/resume in one call on the usual path; the state is asked for only
+        when VirtualBox refuses, to tell "already there" (a no-op) from a real error."""
         vm = self._vm(name)
-        state = yield self.state(name)
-        if state is VMState.RUNNING:
-            return None
-        if state is not VMState.PAUSED:
-            raise errors.VMStateError(f"cannot resume VM {name!r}: it is {state.value}")
-        yield self._control(vm, "resume")
+        try:
+            yield self._control(vm, action)
+        except (errors.VMStateError, errors.VMNotFound) as refused:
+            state = yield self.state(name)
+            if state is target:
+                return None
+            raise errors.VMStateError(
+                f"cannot {action} VM {name!r}: it is {state.value}") from refused
         return None
 
     def _control(self, vm: _VM, action: str) -> defer.Deferred[Any]:
@@ -644,7 +701,7 @@ class VirtualBoxDriver(HypervisorDriver):
         if vm is None:
             return defer.succeed(VMState.ABSENT)
         waiter: defer.Deferred[VMState] = defer.Deferred()
-        if vm.watcher is not None and vm.watcher.running:
+        if self._is_watching(vm):
             vm.waiters.append(waiter)
             return waiter
         d = self.state(name)
@@ -654,7 +711,9 @@ class VirtualBoxDriver(HypervisorDriver):
     def _waiter_for(self, vm: _VM, state: VMState, waiter: defer.Deferred[VMState]) -> None:
         if state.is_alive:
             vm.waiters.append(waiter)
-            self._started(vm)
+            if not vm.pid:
+                self._read_vm_pid(vm)
+            self._watch_exit(vm)
         else:
             waiter.callback(state)
 

@@ -230,15 +230,23 @@ def test_checkpoint_of_a_paused_vm_keeps_it_paused(spec):
     assert not driver.runner.commands("controlvm")
 
 
-def test_pause_resume_are_idempotent_and_checked(spec):
+def test_pause_resume_are_one_call_idempotent_and_checked(spec):
     driver = make_driver()
     create(driver, spec)
-    driver.runner.answers["showvminfo"] = (0, 'VMState="paused"\n', "")
     driver.runner.calls.clear()
     assert driver.pause(spec.name).result is None
-    assert not driver.runner.commands("controlvm")
+    assert driver.runner.calls == [("controlvm", vbox_vm_name(spec.name), "pause")]
+    # Already paused: VirtualBox refuses, the driver sees the VM is where it should be.
+    driver.runner.answers["controlvm pause"] = (1, "", (
+        "VBoxManage: error: Invalid machine state: Paused\nVBoxManage: error: Details: code "
+        "VBOX_E_INVALID_VM_STATE (0x80bb0002), component ConsoleWrap, interface IConsole\n"))
+    driver.runner.answers["showvminfo"] = (0, 'VMState="paused"\n', "")
+    assert driver.pause(spec.name).result is None
+    # Not running at all: a VMStateError that says what the VM is.
+    driver.runner.answers["controlvm resume"] = (
+        1, "", "VBoxManage: error: Machine 'x' is not currently running\n")
     driver.runner.answers["showvminfo"] = (0, 'VMState="poweroff"\n', "")
     failures = []
     driver.resume(spec.name).addErrback(failures.append)
     assert failures and failures[0].check(errors.VMStateError)
-    assert "poweroff" not in str(failures[0].value) or "stopped" in str(failures[0].value)
+    assert "it is stopped" in str(failures[0].value)
