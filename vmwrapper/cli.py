@@ -19,6 +19,8 @@ from vmwrapper import __version__
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "appliance": ("vmwrapper.appliance.cli", "main", "build the guest appliance (appliance build)"),
     "check-job": ("vmwrapper.job.check", "main", "validate a job file and print the effective settings"),
+    "deploy": ("vmwrapper.deploy.cli", "main", "write a BOINC app version directory (version.xml)"),
+    "build-exe": ("vmwrapper.deploy.executable", "main", "build the standalone executable (PyInstaller)"),
 }
 
 #: The module and function that run the BOINC application (the wrapper issue fills it in).
