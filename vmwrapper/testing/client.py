@@ -3,9 +3,9 @@
 The client gets its own GUI RPC port, preferences that never suspend it for
 other load (boinc_protocol.md 10.1), verbose log flags, no GUI RPC password,
 and apps on the anonymous platform written before it starts (section 9). It
-is started in its own session; :meth:`BoincClient.stop` kills it and every
-process whose cwd is inside the data dir (its apps), and an ``atexit`` hook
-does the same for clients nobody stopped.
+is started in its own session; :meth:`BoincClient.stop` kills it, every
+process in its session and every process whose cwd is in its slots (its
+apps), and an ``atexit`` hook does the same for clients nobody stopped.
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ class BoincClient:
                     pass
                 killed.append(self._process.pid)
             self._process.wait(timeout)
-        killed += processes.kill_all_inside(self.data_dir)
+        killed += processes.kill_all(self.owned_pids, what=f"processes of the client in {self.data_dir}")
         with _live_lock:
             _live_clients.discard(self)
         return killed
@@ -287,6 +287,21 @@ class BoincClient:
     def app_pids(self) -> list[int]:
         """PIDs of processes running in the client's slots (its apps)."""
         return processes.pids_inside(self.data_dir / "slots")
+
+    def owned_pids(self) -> list[int]:
+        """The client and everything it started: what :meth:`stop` kills.
+
+        That is every process in ``slots/`` (apps, and whatever they started
+        there, even in a new session) plus processes in the data dir that are
+        in the client's session. A stranger whose cwd merely happens to be the
+        data dir is left alone.
+        """
+        owned = set(self.app_pids())
+        if self._process is not None:
+            session = self._process.pid  # started with start_new_session
+            owned.update(pid for pid in processes.pids_inside(self.data_dir)
+                         if processes.session_of(pid) == session)
+        return sorted(owned)
 
     def log_tail(self, chars: int = 4000) -> str:
         try:

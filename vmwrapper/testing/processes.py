@@ -57,8 +57,16 @@ def wait_until_gone(pids: Iterable[int], timeout: float, clock: Callable[[], flo
     return left
 
 
-def kill_all_inside(directory: pathlib.Path, timeout: float = 10) -> list[int]:
-    """SIGKILL every process living in ``directory`` until none is left.
+def session_of(pid: int) -> int | None:
+    """The session id of ``pid``, or None if it is gone."""
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def kill_all(find: Callable[[], list[int]], timeout: float = 10, what: str = "processes") -> list[int]:
+    """SIGKILL what ``find()`` returns, again and again, until it returns nothing.
 
     Repeats because a dying client may still fork an app. Returns the PIDs
     killed; raises RuntimeError naming the survivors if some will not die.
@@ -66,7 +74,7 @@ def kill_all_inside(directory: pathlib.Path, timeout: float = 10) -> list[int]:
     killed: list[int] = []
     deadline = time.monotonic() + timeout
     while True:
-        pids = pids_inside(directory)
+        pids = find()
         if not pids:
             return killed
         for pid in pids:
@@ -77,4 +85,9 @@ def kill_all_inside(directory: pathlib.Path, timeout: float = 10) -> list[int]:
                 pass
         left = wait_until_gone(pids, max(0.1, deadline - time.monotonic()))
         if left and time.monotonic() >= deadline:
-            raise RuntimeError(f"processes {left} in {directory} survived SIGKILL for {timeout} s")
+            raise RuntimeError(f"{what} {left} survived SIGKILL for {timeout} s")
+
+
+def kill_all_inside(directory: pathlib.Path, timeout: float = 10) -> list[int]:
+    """SIGKILL every process whose cwd is in ``directory`` until none is left."""
+    return kill_all(lambda: pids_inside(directory), timeout, f"processes in {directory}")

@@ -91,11 +91,21 @@ def fake_client(tmp_path: pathlib.Path) -> BoincClient:
     return BoincClient(tmp_path / "d", boinc=boinc, boinccmd=boinccmd)
 
 
+def started_app(client: BoincClient) -> int:
+    """The fake app's PID, once it is ``sleep`` (the shell forks and execs on the way)."""
+
+    def sleepers() -> list[int]:
+        return [pid for pid in client.app_pids()
+                if pathlib.Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"]
+
+    client.wait_until(lambda: len(sleepers()) == 1, 5, "the fake app")
+    return sleepers()[0]
+
+
 def test_stop_kills_the_client_and_apps_that_left_its_session(tmp_path):
     client = fake_client(tmp_path)
     client.start()
-    client.wait_until(lambda: len(client.app_pids()) == 1, 5, "the fake app")
-    (app,) = client.app_pids()
+    app = started_app(client)
     assert client.pid in processes.pids_inside(client.data_dir)
     killed = client.stop()
     assert client.pid in killed and app in killed
@@ -108,10 +118,10 @@ def test_kill_client_only_leaves_the_app(tmp_path):
     client = fake_client(tmp_path)
     client.start()
     try:
-        client.wait_until(lambda: len(client.app_pids()) == 1, 5, "the fake app")
+        app = started_app(client)
         client.kill_client_only()
         assert not processes.is_running(client.pid)
-        assert len(client.app_pids()) == 1
+        assert processes.is_running(app) and client.app_pids() == [app]
     finally:
         client.stop()
     assert client.app_pids() == []
@@ -154,16 +164,30 @@ def test_missing_client_program_says_how_to_install_it(tmp_path):
 def test_atexit_safety_net_kills_a_client_nobody_stopped(tmp_path):
     fake_client(tmp_path)  # writes the fake programs
     forgetful = textwrap.dedent(f"""\
+        from tests.unit.testing.test_client import started_app
         from vmwrapper.testing.client import BoincClient
         client = BoincClient({str(tmp_path / "d")!r}, boinc={str(tmp_path / "boinc")!r},
                              boinccmd={str(tmp_path / "boinccmd")!r})
         client.start()
-        client.wait_until(lambda: len(client.app_pids()) == 1, 5, "the fake app")
-        print(client.pid, *client.app_pids())
+        print(client.pid, started_app(client))
     """)
     done = subprocess.run([sys.executable, "-c", forgetful], capture_output=True, text=True,
-                          timeout=30, check=True)
+                          timeout=30, check=True, cwd=pathlib.Path(__file__).parents[3])
     pids = [int(pid) for pid in done.stdout.split()]
     assert len(pids) == 2
     assert not [pid for pid in pids if processes.is_running(pid)]
     assert processes.pids_inside(tmp_path / "d") == []
+
+
+def test_stop_spares_a_stranger_in_the_data_dir(tmp_path):
+    client = fake_client(tmp_path)
+    stranger = subprocess.Popen(["setsid", "sleep", "30"], cwd=client.data_dir)
+    try:
+        client.start()
+        started_app(client)
+        assert stranger.pid not in client.owned_pids()
+        client.stop()
+        assert processes.is_running(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
