@@ -58,6 +58,7 @@ from vmwrapper.hypervisor.base import (
 from vmwrapper.hypervisor.vboxapi_control import make_control
 from vmwrapper.hypervisor.vboxmanage import (
     BROKEN_VERSIONS,
+    VBOX_E_OBJECT_NOT_FOUND,
     VBoxManageRunner,
     VBoxResult,
     VBoxVersion,
@@ -266,7 +267,7 @@ class VirtualBoxDriver(HypervisorDriver):
         result = yield self._vbm("showvminfo", vm.vbox_name, "--machinereadable",
                                  doing=f"query VM {vm.vbox_name}", check=False)
         if result.failed:
-            if "VBOX_E_OBJECT_NOT_FOUND" in result.output or result.code == 0x80BB0001:
+            if result.code == VBOX_E_OBJECT_NOT_FOUND or "VBOX_E_OBJECT_NOT_FOUND" in result.output:
                 return None
             raise classify(result, f"query VM {vm.vbox_name}")
         return parse_machine_readable(result.stdout)
@@ -573,9 +574,9 @@ class VirtualBoxDriver(HypervisorDriver):
         if state is VMState.RUNNING:
             yield self._control(vm, "pause")
         try:
-            yield self._vbm("snapshot", vm.vbox_name, "take", snapshot,
-                            doing=f"take snapshot {snapshot} of {vm.vbox_name}",
-                            timeout=self.long_timeout)
+            taken = yield self._vbm("snapshot", vm.vbox_name, "take", snapshot,
+                                    doing=f"take snapshot {snapshot} of {vm.vbox_name}",
+                                    timeout=self.long_timeout)
         except errors.OutOfDisk:
             raise
         except errors.HypervisorError as failure:
@@ -585,9 +586,11 @@ class VirtualBoxDriver(HypervisorDriver):
                 yield self._control(vm, "resume")
         # Only now that the new snapshot exists: delete the older ones, newest first
         # (vboxwrapper: cleanup_snapshots; older-first fails on a disk with 2 children).
+        # "Snapshot taken. UUID: <uuid>" names the new one (the current one, "*", else).
+        new_uuid = taken.stdout.rsplit("UUID:", 1)[-1].strip() if "UUID:" in taken.stdout else None
         entries = yield self._snapshots(vm)
         for entry in reversed(entries):
-            if entry.name != snapshot:
+            if entry.uuid != new_uuid and not (new_uuid is None and entry.current):
                 yield self._vbm("snapshot", vm.vbox_name, "delete", entry.uuid,
                                 doing=f"delete old snapshot {entry.name} of {vm.vbox_name}",
                                 timeout=self.long_timeout)

@@ -42,6 +42,9 @@ class RecordingRunner:
             status, out, err = 1, "", NOT_FOUND
         elif args[0] == "createvm":
             status, out, err = 0, "UUID: 11111111-2222-3333-4444-555555555555\n", ""
+        elif args[:1] == ("snapshot",) and args[2] == "take":
+            status, out, err = 0, ("0%...100%\nSnapshot taken. UUID: "
+                                   "aaaaaaaa-0000-0000-0000-000000000003\n"), ""
         else:
             status, out, err = 0, "", ""
         result = VBoxResult(args, status, out, err)
