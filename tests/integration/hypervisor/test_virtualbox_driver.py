@@ -324,3 +324,21 @@ def test_missing_vboxmanage_is_not_installed(vbox):
     driver = VirtualBoxDriver(vbox.reactor, vboxmanage=str(vbox.root / "no" / "VBoxManage"))
     with pytest.raises(errors.HypervisorNotInstalled, match="VBoxManage"):
         vbox.call(driver.probe_host)
+
+
+def test_vm_dying_right_after_start_is_reported_at_once(vbox):
+    driver = vbox.driver()
+    spec = vbox.spec()
+    vbox.call(driver.create, spec)
+    vbox.faults({"command": "startvm", "fault": "crash_after_start", "times": 1})
+    stopped = []
+    vbox.call(driver.start, spec.name)
+    vbox.call(lambda: driver.when_stopped(spec.name).addCallback(stopped.append) and None)
+    deadline = time.monotonic() + 5
+    while not stopped and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stopped == [VMState.CRASHED]
+    assert vbox.call(driver.state, spec.name) is VMState.CRASHED
+    vbox.call(driver.start, spec.name)  # a crashed VM can be started again
+    assert vbox.call(driver.state, spec.name) is VMState.RUNNING
+    vbox.call(driver.destroy, spec.name)

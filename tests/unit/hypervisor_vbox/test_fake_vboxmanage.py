@@ -268,3 +268,21 @@ def test_corrupt_and_missing_images(vbm, tmp_path):
                          "--diffparent", str(truncated))
     assert status == 1 and "VERR_VD_GEN_INVALID_HEADER" in err
     assert not (tmp_path / "o.vdi").exists()
+
+
+def test_savestate_then_start_continues_the_guest(vbm, vm, tmp_path):
+    ram_file = tmp_path / "slot" / vm / "fake-vm-ram.json"
+    vbm.ok("startvm", vm)
+    time.sleep(0.3)
+    vbm.ok("controlvm", vm, "savestate")
+    assert vbm.info(vm)["VMState"] == "saved" and fake_vm_pids(tmp_path) == []
+    saved = json.loads(ram_file.read_text())["ticks"]
+    assert saved > 0
+    assert len(list((tmp_path / "slot" / vm / "Snapshots").glob("*.sav"))) == 1
+    vbm.ok("startvm", vm)
+    assert "Console: Machine state changed to 'Restoring'" in (
+        tmp_path / "slot" / vm / "Logs" / "VBox.log").read_text()
+    time.sleep(0.15)
+    assert json.loads(ram_file.read_text())["ticks"] >= saved
+    assert list((tmp_path / "slot" / vm / "Snapshots").glob("*.sav")) == []  # consumed
+    assert (tmp_path / "slot" / vm / "Logs" / "VBox.log.1").exists()  # rotated per start
