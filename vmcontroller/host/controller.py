@@ -444,8 +444,10 @@ class HostController:
             self._arm_deadline(status)
 
     def _arm_deadline(self, status: VMStatus) -> None:
-        self._cancel_deadline(status)
         delay = (self.missed_heartbeats + 0.5) * status.heartbeat_interval
+        if status._deadline is not None and status._deadline.active():
+            status._deadline.reset(delay)  # cheaper than cancel + a new call, every message
+            return
         status._deadline = self.clock.callLater(delay, self._declare_lost, status.vm_id)
 
     def _cancel_deadline(self, status: VMStatus) -> None:
