@@ -94,6 +94,10 @@ class ProjectServer:
         self._httpd.daemon_threads = True
         self.port: int = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
+        #: Called as (request, raw body, hostid, server time, reply content) for each scheduler
+        #: RPC, under the server's lock, before the reply is built (it may clear message_ack);
+        #: vmwrapper.testing.project_db stores the RPC in a BOINC project database with it.
+        self.on_scheduler_request: Callable[..., None] | None = None
 
     # -- URLs -------------------------------------------------------------
     @property
@@ -319,6 +323,8 @@ class ProjectServer:
             content.message_ack = bool(request.trickles) and state.acknowledge_trickles
             content.workunits, state.unsent = state.unsent, []
             content.trickle_downs, state.trickle_downs = state.trickle_downs, []
+            if self.on_scheduler_request is not None:
+                self.on_scheduler_request(request, body, hostid, now, content)
             reply = proto.scheduler_reply(
                 self.project_name, self.url, self.download_url, self.upload_url, content
             )
