@@ -199,27 +199,38 @@ def run(args: argparse.Namespace, size: int, tmp: Path, processes: list) -> int:
     # --- file relay ----------------------------------------------------------
     source = tmp / "source.bin"
     digest = make_file(source, size)
-    raw, puts, gets = [], [], []
-    for _ in range(args.repeat):  # interleaved, so load swings hit all three alike
+    raw: list[float] = []
+    relay: dict[tuple[str, int], list[float]] = {}
+    chunk_sizes = (256 * 1024, 1024 * 1024)
+    for _ in range(args.repeat):  # interleaved, so load swings hit every figure alike
         raw.append(raw_tcp_copy(source, tmp / "raw.bin", size))
         (tmp / "raw.bin").unlink()
-        started = time.perf_counter()
-        put = hr.call(host.put_file, "bench", str(source), "copy.bin")
-        puts.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        got = hr.call(host.get_file, "bench", "copy.bin", str(tmp / "back.bin"))
-        gets.append(time.perf_counter() - started)
-        assert put.sha256 == got.sha256 == digest, "checksum mismatch"
-        (tmp / "back.bin").unlink()
-        (work / "copy.bin").unlink()
-    raw_rate, put_rate, get_rate = (size / statistics.median(t) / 1e6 for t in (raw, puts, gets))
+        for chunk in chunk_sizes:
+            host.chunk_size = chunk
+            started = time.perf_counter()
+            put = hr.call(host.put_file, "bench", str(source), "copy.bin")
+            relay.setdefault(("put", chunk), []).append(time.perf_counter() - started)
+            started = time.perf_counter()
+            got = hr.call(host.get_file, "bench", "copy.bin", str(tmp / "back.bin"))
+            relay.setdefault(("get", chunk), []).append(time.perf_counter() - started)
+            assert put.sha256 == got.sha256 == digest, "checksum mismatch"
+            (tmp / "back.bin").unlink()
+            (work / "copy.bin").unlink()
+    host.chunk_size = chunk_sizes[0]
+    raw_rate = size / statistics.median(raw) / 1e6
     print(
         f"\nfile relay, {args.size_mib} MiB, sha256 verified, median of {args.repeat} "
         "(target >= 0.3x raw TCP)"
     )
-    print(f"  raw TCP loopback       {raw_rate:8.1f} MB/s")
-    print(f"  put host->agent        {put_rate:8.1f} MB/s   ratio {put_rate / raw_rate:.2f}x")
-    print(f"  get agent->host        {get_rate:8.1f} MB/s   ratio {get_rate / raw_rate:.2f}x")
+    print(f"  raw TCP loopback                 {raw_rate:8.1f} MB/s")
+    for (direction, chunk), times in relay.items():
+        rate = size / statistics.median(times) / 1e6
+        label = "put host->agent" if direction == "put" else "get agent->host"
+        default = " (default)" if chunk == chunk_sizes[0] else ""
+        print(
+            f"  {label}, {chunk // 1024:>4} KiB chunks {rate:8.1f} MB/s   "
+            f"ratio {rate / raw_rate:.2f}x{default}"
+        )
 
     # --- latency -------------------------------------------------------------
     for _ in range(20):
