@@ -112,3 +112,21 @@ def test_no_space_for_the_overlay(qemu_session, small_tmpfs):
     assert "MiB free" in str(info.value)
     assert rt.call(driver.state, spec.name) is VMState.ABSENT
     assert not (small_tmpfs / "vm").exists(), "create must remove the directory it made"
+
+
+def test_power_button_shuts_the_appliance_down_cleanly(qemu_session, tmp_path, request):
+    """power_off(grace) presses the ACPI power button; the appliance's init answers it."""
+    rt = qemu_session.rt
+    driver = qemu_session.new_driver()
+    spec = qemu_session.make_spec(tmp_path / "vm", _name())
+    request.addfinalizer(lambda: rt.call(driver.destroy, spec.name, timeout=60))
+    rt.call(driver.create, spec)
+    rt.call(driver.start, spec.name)
+    rt.call(qemu_session.guests.hello, spec.name, 120, timeout=130)
+    started = time.monotonic()
+    rt.call(driver.power_off, spec.name, 30.0, timeout=60)
+    took = time.monotonic() - started
+    console = rt.call(driver.console_log, spec.name)
+    assert "power button pressed" in console, console[-2000:]
+    assert took < 10, f"the guest took {took:.1f} s to power off"
+    assert rt.call(driver.state, spec.name) is VMState.STOPPED
