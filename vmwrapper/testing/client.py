@@ -65,6 +65,16 @@ def project_dir_name(master_url: str) -> str:
     return name.rstrip("_")
 
 
+def check_project_url(master_url: str) -> str:
+    """Refuse URLs the client rejects (``localhost``) or that leave this machine."""
+    if not master_url.startswith(("http://127.0.0.1:", "http://127.0.0.1/")):
+        raise ValueError(
+            f"project URL {master_url!r}: use http://127.0.0.1[:PORT]/...; the client calls "
+            "'localhost' URLs invalid, and the harness talks to this machine only"
+        )
+    return master_url
+
+
 def global_prefs_xml(leave_apps_in_memory: bool = False, disk_interval: float = 60) -> str:
     """Preferences that let tasks run whatever else the machine is doing.
 
@@ -182,8 +192,7 @@ class BoincClient:
         """
         if main_program not in files:
             raise ValueError(f"main program {main_program!r} is not among the files {sorted(files)}")
-        if "localhost" in master_url:
-            raise ValueError(f"{master_url!r}: BOINC rejects 'localhost' URLs, use 127.0.0.1")
+        check_project_url(master_url)
         project_dir = self.data_dir / "projects" / project_dir_name(master_url)
         project_dir.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
@@ -216,7 +225,7 @@ class BoincClient:
         ]
         if attach is not None:
             url, authenticator = attach
-            args += ["--attach_project", url, authenticator]
+            args += ["--attach_project", check_project_url(url), authenticator]
         with open(self.log_path, "ab") as log:
             try:
                 self._process = subprocess.Popen(

@@ -133,21 +133,21 @@ class ProjectDatabase:
         try:
             _transaction(db, lambda: self._store_host(db, hostid, raw_request, now))
             _transaction(db, lambda: self._store_reported(db, request.results, hostid, now))
-        except DatabaseError as exc:
+        except Exception as exc:  # noqa: BLE001 - logged; BOINC carries on with the messages
             log.error("project database: host/results of host %d not stored: %s", hostid, exc)
         if request.trickles:
             try:
                 _transaction(db, lambda: store_messages(db, (
                     StoredMessage(now, hostid, t.variety, t.xml[:MSG_FROM_HOST_BLOB_SIZE])
                     for t in request.trickles)))
-            except DatabaseError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failed insert: no ack, as in BOINC
                 log.error("project database: %d messages of host %d not stored (no ack): %s",
                           len(request.trickles), hostid, exc)
                 content.message_ack = False
         if content.workunits:
             try:
                 _transaction(db, lambda: self._store_sent(db, content.workunits, hostid, now))
-            except DatabaseError as exc:
+            except Exception as exc:  # noqa: BLE001 - logged; the reply still goes out
                 log.error("project database: sent results not stored: %s", exc)
 
     def _add_user_and_team(self, db: Database) -> None:

@@ -57,7 +57,8 @@ def test_install_app_writes_anonymous_platform_files(tmp_path):
 
 
 @pytest.mark.parametrize("url, files, main, complaint", [
-    ("http://localhost/fake/", {"m": b""}, "m", "use 127.0.0.1"),
+    ("http://localhost/fake/", {"m": b""}, "m", "use http://127.0.0.1"),
+    ("http://example.org/fake/", {"m": b""}, "m", "this machine only"),
     ("http://127.0.0.1:9/fake/", {"m": b""}, "x", "main program 'x' is not among"),
 ])
 def test_install_app_rejects_bad_input(tmp_path, url, files, main, complaint):
@@ -191,3 +192,10 @@ def test_stop_spares_a_stranger_in_the_data_dir(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_start_refuses_to_attach_elsewhere(tmp_path):
+    client = fake_client(tmp_path)
+    with pytest.raises(ValueError, match="use http://127.0.0.1"):
+        client.start(attach=("http://localhost:80/fake/", "auth"))
+    assert client.pid is None
