@@ -61,10 +61,11 @@ class AppVersionId:
         check_name("--app", app, "BOINC app name")
         parse_version(version)
         check_name("--platform", platform, "BOINC platform name (e.g. x86_64-pc-linux-gnu)")
-        if plan_class and not _PLAN_CLASS.fullmatch(plan_class):
+        if plan_class and (not _PLAN_CLASS.fullmatch(plan_class) or "__" in plan_class):
             raise DeployError(
                 f"--plan-class {plan_class!r} is not a valid plan class: use letters, digits, "
-                "'_' and '-' (e.g. vbox64)"
+                "'_' and '-', no '__' (update_versions splits the directory name there; "
+                "e.g. vbox64)"
             )
         return cls(app, version, platform, plan_class)
 
