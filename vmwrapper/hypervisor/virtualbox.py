@@ -27,8 +27,8 @@ VirtualBox's VBoxManage manual, BOINC's ``samples/vboxwrapper``):
   ``deregister_stale_vm``), and removes only those.
 
 6.1 versus 7.x: the version is read once (``probe_host``); options that differ
-are chosen in ``_version_options``. ``extra`` keys: ``ostype`` (VirtualBox OS
-type, default ``Linux26_64``), ``vram_mb`` (default 16).
+are chosen in ``_version_options``. ``VMSpec.extra`` takes the VirtualBox-only
+``vbox_job.xml`` options (``vbox_options.VBoxOptions``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +56,12 @@ from vmwrapper.hypervisor.base import (
     VMSpec,
     VMState,
 )
+from vmwrapper.hypervisor.vbox_options import VBoxOptions
 from vmwrapper.hypervisor.vboxapi_control import make_control
 from vmwrapper.hypervisor.vboxmanage import (
     BROKEN_VERSIONS,
     VBOX_E_OBJECT_NOT_FOUND,
+    VBoxManageFailed,
     VBoxManageRunner,
     VBoxResult,
     VBoxVersion,
@@ -77,7 +80,6 @@ log = Logger()
 RECORD_FILE = "virtualbox-vm.json"
 OVERLAY_FILE = "overlay.vdi"
 CONTROLLER = "Hard Disk Controller"
-EXTRA_KEYS = frozenset({"ostype", "vram_mb"})
 #: Seconds VBoxManage may take for calls that do real work (start, snapshots).
 LONG_TIMEOUT = 300.0
 
@@ -158,6 +160,8 @@ class _VM:
 
     spec: VMSpec
     vbox_name: str
+    options: VBoxOptions = field(default_factory=VBoxOptions)
+    rdp_port: int | None = None
     uuid: str = ""
     pid: int | None = None
     pid_start: int | None = None
@@ -284,6 +288,7 @@ class VirtualBoxDriver(HypervisorDriver):
 
     def _write_record(self, vm: _VM) -> None:
         record = {"name": vm.spec.name, "vbox_name": vm.vbox_name, "uuid": vm.uuid,
+                  "rdp_port": vm.rdp_port,
                   "overlay": str(vm.overlay),
                   "config_disk": str(vm.spec.config_disk) if vm.spec.config_disk else None,
                   "vbox_user_home": self.runner.env.get("VBOX_USER_HOME", "")}
@@ -332,12 +337,8 @@ class VirtualBoxDriver(HypervisorDriver):
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def _check_spec(self, spec: VMSpec) -> None:
-        unknown = set(spec.extra) - EXTRA_KEYS
-        if unknown:
-            raise errors.InvalidSpec(
-                f"unknown VirtualBox option(s) {', '.join(sorted(unknown))}; valid: "
-                f"{', '.join(sorted(EXTRA_KEYS))}")
+    def _check_spec(self, spec: VMSpec) -> VBoxOptions:
+        options = VBoxOptions.from_extra(spec.extra)
         if not spec.base_image.is_file():
             raise errors.ImageMissing(f"disk image {spec.base_image} does not exist")
         if spec.config_disk is not None and not spec.config_disk.is_file():
@@ -345,14 +346,15 @@ class VirtualBoxDriver(HypervisorDriver):
         if spec.shared_folder is not None and not Path(spec.shared_folder.host_path).is_dir():
             raise errors.InvalidSpec(
                 f"shared folder {spec.shared_folder.host_path} is not an existing directory")
+        return options
 
     @defer.inlineCallbacks
     def create(self, spec: VMSpec) -> Any:
         if spec.name in self._vms:
             raise errors.VMExists(f"VM {spec.name!r} already exists in this driver")
-        self._check_spec(spec)
+        options = self._check_spec(spec)
         yield self._ensure_version()
-        vm = _VM(spec, vbox_vm_name(spec.name))
+        vm = _VM(spec, vbox_vm_name(spec.name), options)
         spec.vm_dir.mkdir(parents=True, exist_ok=True)
         settings = vm.folder / f"{vm.vbox_name}.vbox"
         info = yield self._info(vm)
@@ -368,6 +370,9 @@ class VirtualBoxDriver(HypervisorDriver):
         self._vms[spec.name] = vm
         if info is not None:
             vm.uuid = info.get("UUID", "")
+            record = _read_record(spec.vm_dir)
+            if record and record.get("vbox_name") == vm.vbox_name:
+                vm.rdp_port = record.get("rdp_port")
             if VBOX_STATES.get(info.get("VMState", "")) in (VMState.RUNNING, VMState.PAUSED):
                 yield self._vbm("controlvm", vm.vbox_name, "poweroff",
                                 doing=f"power off adopted VM {vm.vbox_name}")
@@ -398,7 +403,7 @@ class VirtualBoxDriver(HypervisorDriver):
                         doing=f"create the copy-on-write overlay over {spec.base_image}",
                         timeout=self.long_timeout)
         result = yield self._vbm("createvm", "--name", name, "--basefolder", str(spec.vm_dir),
-                                 "--ostype", spec.extra.get("ostype", "Linux26_64"),
+                                 "--ostype", vm.options.os_name,
                                  "--register", doing=f"create VM {name}")
         for line in result.stdout.splitlines():
             if line.startswith("UUID:"):
@@ -407,21 +412,17 @@ class VirtualBoxDriver(HypervisorDriver):
         required = ["--description", spec.name, "--memory", str(spec.memory_mb),
                     "--cpus", str(spec.cpus), "--acpi", "on", "--ioapic", "on",
                     "--boot1", "disk", "--boot2", "dvd", "--boot3", "none", "--boot4", "none",
-                    "--vram", str(spec.extra.get("vram_mb", 16)),
+                    "--vram", str(vm.options.vram),
                     "--uart1", "0x3F8", "4", "--uartmode1", "file", str(spec.console_log_path)]
-        if spec.network:
-            required += ["--nic1", "nat", "--natdnsproxy1", "on", "--cableconnected1", "on"]
-            for forward in spec.port_forwards:
-                required += ["--natpf1", f"pf{forward.host_port},{forward.protocol},"
-                             f"{forward.host_address},{forward.host_port},,{forward.guest_port}"]
-        else:
-            required += ["--nic1", "none"]
+        required += yield self._network_options(vm)
         yield self._vbm("modifyvm", name, *required, doing=f"configure VM {name}")
         # Optional knobs: a VirtualBox without one of them still runs the job
         # (BOINC/boinc#1501: "Unknown option: --lpt1" failed 7 % of tasks).
         # One call for all of them; one call each only when that fails.
         knobs = [["--usb", "off"], options["audio_off"], ["--clipboard", "disabled"],
                  ["--draganddrop", "disabled"]]
+        if vm.options.vm_graphics_controller_type:
+            knobs.append(["--graphicscontroller", vm.options.vm_graphics_controller_type])
         result = yield self._vbm("modifyvm", name, *sum(knobs, []),
                                  doing=f"configure VM {name}", check=False)
         for knob in knobs if result.failed else []:
@@ -430,9 +431,15 @@ class VirtualBoxDriver(HypervisorDriver):
             if result.failed:
                 log.warn("VirtualBox ignored {knob}: {message}", knob=" ".join(knob),
                          message=result.message)
-        yield self._vbm("storagectl", name, "--name", CONTROLLER, "--add", "sata",
-                        "--controller", "IntelAHCI", *options["portcount"], "--hostiocache",
-                        "off", doing=f"add the disk controller to {name}")
+        # vboxwrapper: create_vm sets a port count on SATA only and turns the host I/O
+        # cache off on SATA, SCSI and SAS.
+        controller = vm.options.controller_type
+        extra_args = list(options["portcount"]) if controller == "sata" else []
+        if controller in ("sata", "scsi", "sas"):
+            extra_args += ["--hostiocache", "off"]
+        yield self._vbm("storagectl", name, "--name", CONTROLLER, "--add", controller,
+                        "--controller", vm.options.vm_disk_controller_model, *extra_args,
+                        doing=f"add the disk controller to {name}")
         yield self._vbm("storageattach", name, "--storagectl", CONTROLLER, "--port", "0",
                         "--device", "0", "--type", "hdd", "--medium", str(vm.overlay),
                         doing=f"attach the overlay to {name}")
@@ -445,6 +452,63 @@ class VirtualBoxDriver(HypervisorDriver):
             if folder.read_only:
                 args.append("--readonly")
             yield self._vbm(*args, doing=f"share {folder.host_path} with {name}")
+        if vm.options.enable_remotedesktop:
+            yield self._enable_remote_desktop(vm)
+
+    @defer.inlineCallbacks
+    def _network_options(self, vm: _VM) -> Any:
+        """The NIC settings: none, NAT (DNS proxy, loopback port forwards) or bridged
+        to the host's first interface (vboxwrapper: create_vm)."""
+        spec, options = vm.spec, vm.options
+        if not spec.network:
+            return ["--nic1", "none"]
+        args: list[str] = []
+        if options.network_bridged_mode:
+            result = yield self._vbm("list", "bridgedifs", doing="find a host interface to bridge")
+            names = [line.split(":", 1)[1].strip() for line in result.stdout.splitlines()
+                     if line.startswith("Name:")]
+            if not names:
+                raise VBoxManageFailed("network_bridged_mode: VirtualBox lists no host network "
+                                       "interface to bridge to", result)
+            args += ["--nic1", "bridged", "--bridgeadapter1", names[0]]
+        else:
+            args += ["--nic1", "nat", "--natdnsproxy1", "on"]
+            if options.enable_nat_dns_host_resolver:
+                args += ["--natdnshostresolver1", "on"]
+            for forward in spec.port_forwards:
+                args += ["--natpf1", f"pf{forward.host_port},{forward.protocol},"
+                         f"{forward.host_address},{forward.host_port},,{forward.guest_port}"]
+        if options.vm_network_driver:
+            args += ["--nictype1", options.vm_network_driver]
+        return [*args, "--cableconnected1", "on"]
+
+    @defer.inlineCallbacks
+    def _enable_remote_desktop(self, vm: _VM) -> Any:
+        """VRDE on a free loopback port, when the Extension Pack that provides it is
+        installed (vboxwrapper: is_extpack_installed); without it the VM stays headless."""
+        result = yield self._vbm("list", "extpacks", doing="look for the Extension Pack",
+                                 check=False)
+        if "Oracle VM VirtualBox Extension Pack" not in result.stdout or \
+                "VBoxVRDP" not in result.stdout:
+            log.warn("remote desktop not enabled: the VirtualBox Extension Pack is not installed")
+            return
+        with socket.socket() as probe:  # a free port, as boinc_get_port finds one
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        args = ["--vrde", "on", "--vrdeextpack", "default", "--vrdeauthlibrary", "default",
+                "--vrdeauthtype", "null", "--vrdeaddress", "127.0.0.1", "--vrdeport", str(port)]
+        if self.version is not None and self.version.at_least(7, 1):
+            # VirtualBox 7.1 needs the security method set (BOINC/boinc#5824).
+            args += ["--vrde-property", "Security/Method=RDP"]
+        yield self._vbm("modifyvm", vm.vbox_name, *args, doing="enable the remote desktop")
+        vm.rdp_port = port
+        self._write_record(vm)
+
+    def remote_desktop_address(self, name: str) -> str | None:
+        """``127.0.0.1:<port>`` of the VM's remote desktop (VRDE), or None when off
+        (what vboxwrapper reports with ``boinc_remote_desktop_addr``)."""
+        vm = self._vm(name)
+        return f"127.0.0.1:{vm.rdp_port}" if vm.rdp_port else None
 
     def _attach_config_disk(self, vm: _VM) -> defer.Deferred[VBoxResult]:
         disk = vm.spec.config_disk
@@ -625,10 +689,13 @@ class VirtualBoxDriver(HypervisorDriver):
         self._started(vm)
 
     @defer.inlineCallbacks
-    def _hard_stop(self, vm: _VM) -> Any:
+    def _hard_stop(self, vm: _VM, save: bool = False) -> Any:
+        """``controlvm poweroff``, or ``savestate`` (memory to disk, the next start
+        continues) when asked to and the job enabled it."""
         self._stop_watching(vm)
-        yield self._vbm("controlvm", vm.vbox_name, "poweroff",
-                        doing=f"power off VM {vm.vbox_name}", timeout=self.long_timeout)
+        action = "savestate" if save and vm.options.enable_vm_savestate_usage else "poweroff"
+        yield self._vbm("controlvm", vm.vbox_name, action,
+                        doing=f"{action} VM {vm.vbox_name}", timeout=self.long_timeout)
         self._fire_stopped(vm, VMState.STOPPED)
 
     @defer.inlineCallbacks
@@ -648,7 +715,7 @@ class VirtualBoxDriver(HypervisorDriver):
                 state = yield self._current_state(vm)
                 self._fire_stopped(vm, VMState.STOPPED)
                 return None
-        yield self._hard_stop(vm)
+        yield self._hard_stop(vm, save=True)
         return None
 
     @defer.inlineCallbacks

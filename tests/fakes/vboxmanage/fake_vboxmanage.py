@@ -541,9 +541,25 @@ class FakeVBoxManage:
             self.print("Default Guest Additions ISO:     "
                        "/usr/share/virtualbox/VBoxGuestAdditions.iso")
         elif kind == "extpacks":
-            self.print("Extension Packs: 0")
+            # vboxwrapper: is_extpack_installed looks for these two names.
+            if self.env.get("FAKE_VBOX_EXTPACK"):
+                self.print("Extension Packs: 1")
+                self.print("Pack no. 0:   Oracle VM VirtualBox Extension Pack")
+                self.print(f"Version:      {'.'.join(map(str, self.version))}")
+                self.print("Usable:       true")
+                self.print("VRDE Module:  VBoxVRDP")
+            else:
+                self.print("Extension Packs: 0")
         elif kind == "bridgedifs":
-            pass
+            # vboxwrapper: get_default_network_interface takes the first "Name:".
+            for net in sorted(Path("/sys/class/net").iterdir()):
+                if net.name == "lo":
+                    continue
+                self.print(f"Name:            {net.name}")
+                self.print("DHCP:            Disabled")
+                self.print("MediumType:      Ethernet")
+                self.print("Status:          Up")
+                self.print(f"VBoxNetworkName: HostInterfaceNetworking-{net.name}\n")
         else:
             raise syntax_error(f"Unknown subcommand '{kind}' for 'list' command.")
 
@@ -735,13 +751,13 @@ class FakeVBoxManage:
         "--draganddrop", "--hwvirtex", "--vram", "--graphicscontroller", "--cpuexecutioncap",
         "--paravirtprovider", "--rtcuseutc", "--nestedpaging", "--largepages", "--pae",
         "--longmode", "--vrde", "--vrdeport", "--vrdeextpack", "--vrdeauthlibrary",
-        "--vrdeauthtype", "--nictype1", "--bridgeadapter1", "--firmware",
+        "--vrdeauthtype", "--vrdeaddress", "--nictype1", "--bridgeadapter1", "--firmware",
     }
     _MODIFY_OPTIONS_7 = {
         "--cable-connected1", "--nat-dns-proxy1", "--nat-dns-host-resolver1", "--audio-driver",
         "--audio-enabled", "--nic-type1", "--bridge-adapter1", "--graphics-controller",
         "--cpu-execution-cap", "--paravirt-provider", "--rtc-use-utc", "--nested-paging",
-        "--large-pages", "--hwvirtex", "--usb-ohci", "--drag-and-drop",
+        "--large-pages", "--hwvirtex", "--usb-ohci", "--drag-and-drop", "--vrde-property",
     }
 
     def cmd_modifyvm(self, args: list[str]) -> None:

@@ -342,3 +342,30 @@ def test_vm_dying_right_after_start_is_reported_at_once(vbox):
     vbox.call(driver.start, spec.name)  # a crashed VM can be started again
     assert vbox.call(driver.state, spec.name) is VMState.RUNNING
     vbox.call(driver.destroy, spec.name)
+
+
+def test_savestate_usage_keeps_the_guest_across_power_off(vbox):
+    driver = vbox.driver()
+    spec = vbox.spec(extra={"enable_vm_savestate_usage": True})
+    vbox.call(driver.create, spec)
+    vbox.call(driver.start, spec.name)
+    before = vbox.call(vbox.guest.next_sample, spec.name, 5)
+    vbox.call(driver.power_off, spec.name)
+    assert vbox.call(driver.state, spec.name) is VMState.STOPPED
+    assert fake_vm_pids(spec.vm_dir) == []
+    vbox.call(driver.start, spec.name)  # continues from the saved state, not a cold boot
+    after = vbox.call(vbox.guest.next_sample, spec.name, 5)
+    assert before.counter < after.counter < before.counter + 20
+    vbox.call(driver.destroy, spec.name)
+    assert files_under(spec.vm_dir) == []
+
+
+def test_remote_desktop_with_the_extension_pack(vbox):
+    driver = vbox.driver(environ={**os.environ, "FAKE_VBOX_EXTPACK": "1",
+                                  "FAKE_VBOX_VERSION": "7.1.4r165100"})
+    spec = vbox.spec(extra={"enable_remotedesktop": True, "network_bridged_mode": False})
+    vbox.call(driver.create, spec)
+    address = driver.remote_desktop_address(spec.name)
+    assert address and address.startswith("127.0.0.1:")
+    assert all(c["status"] == 0 for c in vbox.calls() if "modifyvm" in c["argv"])
+    vbox.call(driver.destroy, spec.name)

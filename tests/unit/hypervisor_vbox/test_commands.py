@@ -187,7 +187,7 @@ def test_bad_specs_fail_before_any_command(spec, tmp_path):
         create(driver, missing)
     odd = VMSpec(name="o", base_image=spec.base_image, vm_dir=tmp_path / "o",
                  extra={"colour": "blue"})
-    with pytest.raises(errors.InvalidSpec, match="colour.*valid: ostype, vram_mb"):
+    with pytest.raises(errors.InvalidSpec, match="colour.*valid: enable_nat_dns_host_resolver"):
         create(driver, odd)
     assert driver.runner.calls == []
 
@@ -253,3 +253,64 @@ def test_pause_resume_are_one_call_idempotent_and_checked(spec):
     driver.resume(spec.name).addErrback(failures.append)
     assert failures and failures[0].check(errors.VMStateError)
     assert "it is stopped" in str(failures[0].value)
+
+
+def test_job_options_reach_vboxmanage(spec, tmp_path):
+    driver = make_driver(answers={"list": (0, "Name:            eth0\nStatus:          Up\n", "")})
+    chosen = VMSpec(name="opts", base_image=spec.base_image, vm_dir=tmp_path / "opts",
+                    extra={"os_name": "Ubuntu_64", "vram_size_mb": 512,
+                           "vm_disk_controller_type": "ide",
+                           "vm_disk_controller_model": "PIIX4",
+                           "vm_graphics_controller_type": "vmsvga",
+                           "vm_network_driver": "virtio", "network_bridged_mode": True})
+    create(driver, chosen)
+    assert "Ubuntu_64" in driver.runner.commands("createvm")[0]
+    required = " ".join(driver.runner.commands("modifyvm")[0])
+    assert "--vram 128" in required  # clamped like vboxwrapper
+    assert "--nic1 bridged --bridgeadapter1 eth0" in required
+    assert "--nictype1 virtio" in required and "--natpf1" not in required
+    assert "--graphicscontroller vmsvga" in " ".join(driver.runner.commands("modifyvm")[1])
+    # IDE: no port count, no host I/O cache switch (SATA/SCSI/SAS only).
+    assert driver.runner.commands("storagectl")[0][2:] == (
+        "--name", "Hard Disk Controller", "--add", "ide", "--controller", "PIIX4")
+
+
+def test_nat_dns_host_resolver(spec, tmp_path):
+    driver = make_driver()
+    create(driver, VMSpec(name="dns", base_image=spec.base_image, vm_dir=tmp_path / "dns",
+                          extra={"enable_nat_dns_host_resolver": True}))
+    assert "--natdnshostresolver1 on" in " ".join(driver.runner.commands("modifyvm")[0])
+
+
+@pytest.mark.parametrize(("version", "extpack", "expected"), [
+    ("7.1.4r165100", True, ["--vrde", "--vrdeaddress", "--vrde-property"]),
+    ("7.0.14r161095", True, ["--vrde", "--vrdeaddress"]),
+    ("7.1.4r165100", False, []),
+])
+def test_remote_desktop_needs_the_extension_pack(spec, tmp_path, version, extpack, expected):
+    packs = ("Extension Packs: 1\nPack no. 0:   Oracle VM VirtualBox Extension Pack\n"
+             "VRDE Module:  VBoxVRDP\n") if extpack else "Extension Packs: 0\n"
+    driver = make_driver(version, answers={"list": (0, packs, "")})
+    rdp = VMSpec(name="rdp", base_image=spec.base_image, vm_dir=tmp_path / "rdp",
+                 extra={"enable_remotedesktop": True})
+    create(driver, rdp)
+    vrde = [c for c in driver.runner.commands("modifyvm") if "--vrde" in c]
+    if not expected:
+        assert vrde == [] and driver.remote_desktop_address("rdp") is None
+        return
+    assert all(option in vrde[0] for option in expected)
+    assert ("--vrde-property" in vrde[0]) == version.startswith("7.1")
+    port = vrde[0][vrde[0].index("--vrdeport") + 1]
+    assert driver.remote_desktop_address("rdp") == f"127.0.0.1:{port}"
+
+
+def test_savestate_usage_saves_instead_of_power_off(spec, tmp_path):
+    driver = make_driver()
+    saving = VMSpec(name="sv", base_image=spec.base_image, vm_dir=tmp_path / "sv",
+                    extra={"enable_vm_savestate_usage": True})
+    create(driver, saving)
+    driver.runner.answers["showvminfo"] = (0, 'VMState="running"\n', "")
+    driver.runner.calls.clear()
+    assert driver.power_off("sv").result is None
+    assert driver.runner.commands("controlvm") == [("controlvm", vbox_vm_name("sv"),
+                                                    "savestate")]
