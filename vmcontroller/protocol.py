@@ -97,6 +97,7 @@ class ErrorCode:
     SPAWN_FAILED = "spawn_failed"  # the command could not be started
     IO_ERROR = "io_error"  # the file system said no
     INTERNAL = "internal"  # a bug on the answering side
+    FORBIDDEN = "forbidden"  # the sending login may not make this request
 
 
 class ProtocolError(ValueError):

@@ -239,6 +239,14 @@ class Agent:
     # --- receiving --------------------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
+        trusted = self.config.trusted_senders
+        if trusted is not None and frame.headers.get("user-id") not in trusted:
+            sender = frame.headers.get("user-id")
+            log.warn("refused a request from untrusted login {sender}", sender=sender)
+            self.reply(
+                Error(None, ErrorCode.FORBIDDEN, f"login {sender!r} may not command this VM")
+            )
+            return
         try:
             message, payload = decode(frame.body)
         except ProtocolError as problem:

@@ -14,7 +14,10 @@ The settings are one JSON object.  These keys are agreed with the appliance
 Optional keys (defaults in :class:`AgentConfig`): ``vhost`` (STOMP ``host``
 header, "/"), ``max_file_size`` (bytes one transfer may carry),
 ``max_stdin`` (bytes of stdin one run may carry), ``kill_grace`` (seconds
-between SIGTERM and SIGKILL).
+between SIGTERM and SIGKILL), ``trusted_senders`` (broker logins whose
+requests are obeyed; requests with another or no ``user-id`` are refused.
+Needed with RabbitMQ, where a VM login can publish into another VM's queue
+through ``/amq/queue/...``; the embedded broker already stops that).
 
 Where the file is found, first match wins (:func:`find_config_path`):
 
@@ -59,6 +62,7 @@ class AgentConfig:
     max_file_size: int = 16 * 1024**3
     max_stdin: int = 16 * 1024**2
     kill_grace: float = 2.0
+    trusted_senders: list[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("broker_host", "login", "passcode", "vm_id", "work_dir", "vhost"):
@@ -73,6 +77,11 @@ class AgentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        senders = self.trusted_senders
+        if senders is not None and (
+            not isinstance(senders, list) or not all(isinstance(x, str) and x for x in senders)
+        ):
+            raise ConfigError(f"trusted_senders must be a list of logins, got {senders!r}")
         for name in ("max_file_size", "max_stdin"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

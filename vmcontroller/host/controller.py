@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +143,10 @@ class HostController:
         in-memory stand-in with the same methods).
     :param clock: times liveness deadlines, request timeouts and transfers.
     :param missed_heartbeats: heartbeats a VM may miss before it is lost.
+    :param vm_logins: VM id -> its broker login.  When given, a message is
+        believed only if its ``user-id`` is the login of the VM it claims to
+        come from (any VM may write to the presence topic, and on RabbitMQ
+        into other queues too); others are dropped with a warning.
     """
 
     def __init__(
@@ -154,6 +158,7 @@ class HostController:
         window: int = DEFAULT_WINDOW,
         transfer_sync_after: float = 5.0,
         first_seq: int | None = None,
+        vm_logins: Mapping[str, str] | None = None,
     ) -> None:
         if missed_heartbeats < 1:
             raise ValueError(f"missed_heartbeats must be >= 1, got {missed_heartbeats}")
@@ -163,6 +168,7 @@ class HostController:
         self.chunk_size = chunk_size
         self.window = window
         self.transfer_sync_after = transfer_sync_after
+        self.vm_logins = vm_logins
         self.vms: dict[str, VMStatus] = {}
         self._watched: set[str] = set()
         self._requests = RequestTracker(first_seq or random.randrange(1, 2**40))
@@ -415,6 +421,16 @@ class HostController:
             )
             return  # replying to an agent's garbage could loop: log it instead
         vm_id = _sender_of(message, frame)
+        if self.vm_logins is not None and (
+            vm_id is None or frame.headers.get("user-id") != self.vm_logins.get(vm_id)
+        ):
+            log.warn(
+                "dropped a {type} claiming to be from VM {vm}, sent by login {login}",
+                type=message.TYPE,
+                vm=vm_id,
+                login=frame.headers.get("user-id"),
+            )
+            return
         if vm_id is None or vm_id not in self.vms and vm_id not in self._watched:
             if isinstance(message, (Hello, Heartbeat)):
                 vm_id = message.agent_id

@@ -298,8 +298,17 @@ class StompClientProtocol(Protocol):
         self._write(Frame("UNSUBSCRIBE", {"id": sub_id}))
 
     def send(self, destination: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-        """SEND ``body`` to ``destination`` (content-length is always set)."""
-        frame_headers = {"destination": destination, "content-type": "application/json"}
+        """SEND ``body`` to ``destination`` (content-length is always set).
+
+        Every frame claims ``user-id: <our login>``: RabbitMQ passes it on only
+        when the sender sets it (and refuses a false one), the embedded broker
+        stamps it anyway, so receivers can always tell which login sent what.
+        """
+        frame_headers = {
+            "destination": destination,
+            "content-type": "application/json",
+            "user-id": self.config.login,
+        }
         frame_headers.update(headers or {})
         self._write(Frame("SEND", frame_headers, body))
 

@@ -268,7 +268,12 @@ class AgentProcess:
     """One guest agent in a child process."""
 
     def __init__(
-        self, broker: Any, workdir: Path, heartbeat: float, python: str = sys.executable
+        self,
+        broker: Any,
+        workdir: Path,
+        heartbeat: float,
+        python: str = sys.executable,
+        **settings: Any,
     ) -> None:
         self.vm_id, login, passcode = broker.new_vm()
         self.work_dir = workdir / f"work-{self.vm_id}"
@@ -279,6 +284,7 @@ class AgentProcess:
             "broker_host": host, "broker_port": port, "login": login, "passcode": passcode,
             "vm_id": self.vm_id, "work_dir": str(self.work_dir),
             "heartbeat_interval": heartbeat, "vhost": broker.vhost, "kill_grace": 1.0,
+            **settings,
         }))  # fmt: skip
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
@@ -325,15 +331,21 @@ class Harness:
         self.hosts.append(host)
         return host
 
-    def agent(self, heartbeat: float = 2.0, python: str = sys.executable) -> AgentProcess:
-        agent = AgentProcess(self.broker, self.workdir, heartbeat, python)
+    def agent(
+        self, heartbeat: float = 2.0, python: str = sys.executable, **settings: Any
+    ) -> AgentProcess:
+        agent = AgentProcess(self.broker, self.workdir, heartbeat, python, **settings)
         self.agents.append(agent)
         return agent
 
     def ready_agent(
-        self, heartbeat: float = 2.0, timeout: float = 20, python: str = sys.executable
+        self,
+        heartbeat: float = 2.0,
+        timeout: float = 20,
+        python: str = sys.executable,
+        **settings: Any,
     ) -> AgentProcess:
-        agent = self.agent(heartbeat, python)
+        agent = self.agent(heartbeat, python, **settings)
         try:
             self.hr.call(self.host.wait_for_hello, agent.vm_id, timeout, timeout=timeout + 5)
         except Exception:

@@ -259,3 +259,37 @@ def test_agent_runs_on_the_appliance_python_and_twisted(harness, tmp_path):
     harness.call(harness.host.put_file, agent.vm_id, str(local), "f.bin")
     got = harness.call(harness.host.get_file, agent.vm_id, "f.bin", str(tmp_path / "g.bin"))
     assert got.sha256 == _sha256(local) == _sha256(tmp_path / "g.bin")
+
+
+def test_another_vm_cannot_command_this_agent(harness):
+    """VM A's login tries to make VM B's agent run a command.
+
+    The embedded broker refuses the SEND outright.  RabbitMQ lets a login
+    publish through ``/amq/queue/...`` to any queue (it checks the exchange,
+    not the queue), so there the agent's ``trusted_senders`` must refuse it.
+    """
+    import stomp
+
+    intruder_vm, intruder_login, intruder_pass = harness.broker.new_vm()
+    victim = harness.ready_agent(trusted_senders=[harness.broker.host_login()[0]])
+    host, port = harness.broker.address
+    rabbit = harness.broker.kind == "rabbitmq"
+    queue = f"vmc.{victim.vm_id}.to_guest"
+    destination = f"/amq/queue/{queue}" if rabbit else f"/queue/{queue}"
+    body = '{"type":"run","v":1,"seq":1,"shell":"touch pwned"}'
+    conn = stomp.Connection12([(host, port)], vhost=harness.broker.vhost, auto_decode=False)
+    conn.connect(intruder_login, intruder_pass, wait=True)
+    try:
+        conn.send(destination, body, content_type="application/json")
+        time.sleep(0.1)  # stomp.py sends from its own thread
+    finally:
+        try:
+            conn.disconnect()
+        except Exception:
+            pass
+    if rabbit:
+        wait_until(lambda: "untrusted login" in victim.log(), 10, "the agent to refuse it")
+    assert harness.call(harness.host.ping, victim.vm_id) >= 0  # still obeys the host
+    result = harness.call(harness.host.run, victim.vm_id, argv=["ls", "-a"])
+    assert result.code == 0
+    assert not (victim.work_dir / "pwned").exists()

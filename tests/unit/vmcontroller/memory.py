@@ -56,7 +56,7 @@ class MemorySession:
         if not self.is_connected:
             raise NotConnectedError("memory session is down")
         self.sent.append((destination, body))
-        self.broker.publish(destination, body)
+        self.broker.publish(destination, body, login=self.name)
 
     def start(self) -> None:
         self.started = True
@@ -91,10 +91,10 @@ class MemoryBroker:
 
     def __init__(self) -> None:
         self.sessions: list[MemorySession] = []
-        self.queues: dict[str, collections.deque[bytes]] = collections.defaultdict(
+        self.queues: dict[str, collections.deque[tuple[bytes, str]]] = collections.defaultdict(
             collections.deque
         )
-        self.topic_backlog: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.topic_backlog: collections.deque[tuple[str, bytes, str]] = collections.deque()
         #: Called with (destination, body); return False to drop the message.
         self.filter: Callable[[str, bytes], bool] = lambda destination, body: True
         self.delivered = 0
@@ -104,11 +104,12 @@ class MemoryBroker:
         self.sessions.append(session)
         return session
 
-    def publish(self, destination: str, body: bytes) -> None:
+    def publish(self, destination: str, body: bytes, login: str = "") -> None:
+        """Queue a message; ``login`` becomes its ``user-id`` (brokers stamp it)."""
         if destination.startswith("/queue/"):
-            self.queues[destination].append(body)
+            self.queues[destination].append((body, login))
         else:
-            self.topic_backlog.append((destination, body))
+            self.topic_backlog.append((destination, body, login))
 
     def wake(self) -> None:
         """Nothing: delivery happens in flush()."""
@@ -131,16 +132,16 @@ class MemoryBroker:
         while count < limit:
             moved = False
             while self.topic_backlog:
-                destination, body = self.topic_backlog.popleft()
+                destination, body, login = self.topic_backlog.popleft()
                 for handler in self._handlers(destination):
-                    self._deliver(handler, destination, body)
+                    self._deliver(handler, destination, body, login)
                 count += 1
                 moved = True
             for destination, queue in self.queues.items():
                 handlers = self._handlers(destination)
                 if queue and handlers:
-                    body = queue.popleft()
-                    self._deliver(handlers[0], destination, body)
+                    body, login = queue.popleft()
+                    self._deliver(handlers[0], destination, body, login)
                     count += 1
                     moved = True
                     break
@@ -151,10 +152,13 @@ class MemoryBroker:
                 raise AssertionError("memory broker: traffic did not settle")
         return count
 
-    def _deliver(self, handler: Callable[[Frame], None], destination: str, body: bytes) -> None:
+    def _deliver(
+        self, handler: Callable[[Frame], None], destination: str, body: bytes, login: str
+    ) -> None:
         if self.filter(destination, body):
             self.delivered += 1
-            handler(Frame("MESSAGE", {"destination": destination, "subscription": "s"}, body))
+            headers = {"destination": destination, "subscription": "s", "user-id": login}
+            handler(Frame("MESSAGE", headers, body))
 
     def restart(self) -> None:
         """Lose every queued message and drop every connection."""

@@ -284,3 +284,38 @@ def test_replies_wait_in_the_outbox_while_the_broker_is_away(world):
     world.agent_session.connect()
     pongs = [decode(b)[0] for _, b in world.agent_session.sent[sent_before:]]
     assert [m.re for m in pongs if isinstance(m, Pong)] == [1, 2]
+
+
+def test_agent_refuses_requests_from_untrusted_logins(tmp_path):
+    import dataclasses
+
+    world = World(tmp_path)
+    world.agent.config = dataclasses.replace(world.agent.config, trusted_senders=["host"])
+    intruder = world.broker.session("intruder")
+    intruder.start()
+    intruder.send(to_guest(VM), b'{"type":"run","v":1,"seq":9,"shell":"rm -rf /"}')
+    world.settle()
+    replies = [decode(b)[0] for d, b in world.agent_session.sent if d == to_host(VM)]
+    assert [(m.re, m.code) for m in replies if isinstance(m, Error)] == [
+        (None, ErrorCode.FORBIDDEN)
+    ]
+    assert world.agent.commands == {}
+    pinged = world.host.ping(VM)  # the real host is still obeyed
+    world.settle()
+    assert result_of(pinged) == 0.0
+
+
+def test_host_ignores_messages_forged_by_another_login(tmp_path):
+    from vmcontroller.destinations import PRESENCE
+    from vmcontroller.protocol import Heartbeat, encode
+
+    world = World(tmp_path)
+    world.host.vm_logins = {VM: "agent", "victim": "victim-login"}
+    intruder = world.broker.session("intruder")
+    intruder.start()
+    intruder.send(PRESENCE, encode(Heartbeat("victim")))
+    world.settle()
+    assert "victim" not in world.host.vms
+    pinged = world.host.ping(VM)  # the real VM's replies still count
+    world.settle()
+    assert result_of(pinged) == 0.0
