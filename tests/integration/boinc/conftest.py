@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from tests.conftest import ARTIFACTS
-from tests.integration.boinc.jobs import Job, Timings, install_test_app
+from tests.integration.boinc.jobs import Job, Timings, install_test_app, keep_artifacts
 from vmwrapper.testing.client import BOINC, BoincClient
 from vmwrapper.testing.project_server import AUTHENTICATOR, ProjectServer
 
@@ -54,18 +53,6 @@ def boinc_project():
 @pytest.fixture(scope="session")
 def events_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("boinc-events")
-
-
-def keep_artifacts(session, client: BoincClient, events_dir, label: str) -> None:
-    """Copy the client log and app events to ARTIFACTS when the session had failures."""
-    if not session.testsfailed:
-        return
-    target = ARTIFACTS / f"boinc-{label}"
-    target.mkdir(parents=True, exist_ok=True)
-    if client.log_path.exists():
-        client.save_log(target / "client.log")
-    if events_dir is not None and events_dir.exists():
-        shutil.copytree(events_dir, target / "events", dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="session")

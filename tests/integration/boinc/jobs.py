@@ -2,18 +2,21 @@
 
 A :class:`Job` is one work unit on the test project: the test app appends
 JSON lines to an events file outside the slot, and tests block on them with
-:meth:`Job.wait_event`. Timings tests report go into a :class:`Timings`.
+:meth:`Job.wait_event`. Timings tests report go into a :class:`Timings`;
+:func:`keep_artifacts` saves logs and events when a session had failures.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tests.conftest import ARTIFACTS
 from vmwrapper.testing import processes
 from vmwrapper.testing.client import BoincClient, BoinccmdError
 from vmwrapper.testing.project_server import ProjectServer
@@ -32,6 +35,19 @@ def app_program() -> bytes:
 
 def install_test_app(client: BoincClient, server: ProjectServer) -> None:
     client.install_app(server.url, APP_NAME, {APP_FILE: app_program()}, APP_FILE)
+
+
+def keep_artifacts(session, client: BoincClient, events_dir: pathlib.Path | None,
+                   label: str) -> None:
+    """Copy the client log and app events to ARTIFACTS when the session had failures."""
+    if not session.testsfailed:
+        return
+    target = ARTIFACTS / f"boinc-{label}"
+    target.mkdir(parents=True, exist_ok=True)
+    if client.log_path.exists():
+        client.save_log(target / "client.log")
+    if events_dir is not None and events_dir.exists():
+        shutil.copytree(events_dir, target / "events", dirs_exist_ok=True)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.integration.boinc.jobs import Job, install_test_app
+from tests.integration.boinc.jobs import Job, install_test_app, keep_artifacts
 from vmwrapper.testing.client import BoincClient
 from vmwrapper.testing.project_server import AUTHENTICATOR, ProjectServer
 
@@ -20,6 +20,7 @@ def test_app_detects_killed_client(request, tmp_path, timings):
     server = ProjectServer().start()
     request.addfinalizer(server.stop)
     client = BoincClient(tmp_path / "client")
+    request.addfinalizer(lambda: keep_artifacts(request.session, client, tmp_path, "client-death"))
     request.addfinalizer(client.stop)
     install_test_app(client, server)
     job = Job(server, client, "client_death", tmp_path, "--hold")  # queued before attach
