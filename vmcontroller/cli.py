@@ -96,19 +96,24 @@ def _admin_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _login(args: argparse.Namespace) -> tuple[str, str]:
+def _login(args: argparse.Namespace) -> tuple[str, str, dict[str, str] | None]:
+    """(login, passcode, VM id -> VM login or None when unknown)."""
     if args.login:
         if args.passcode is None:
             raise ToolError("--login needs --passcode")
-        return args.login, args.passcode
+        return args.login, args.passcode, None
     if args.credentials:
         from vmcontroller.broker.credentials import CredentialsError, load_credentials
 
         try:
-            host = load_credentials(args.credentials).host_login()
+            credentials = load_credentials(args.credentials)
+            host = credentials.host_login()
         except (CredentialsError, KeyError, ValueError) as error:
             raise ToolError(f"{args.credentials}: {error}") from None
-        return host.login, host.passcode
+        vm_logins = {
+            login.vm_id: login.login for login in credentials.values() if login.vm_id is not None
+        }
+        return host.login, host.passcode, vm_logins
     raise ToolError("give --credentials FILE or --login/--passcode")
 
 
@@ -122,7 +127,7 @@ def _broker_address(value: str) -> tuple[str, int]:
 def _run_with_host(args: argparse.Namespace, action: Callable[[Any, Any], Any]) -> int:
     """Connect a HostController, run ``action(host, reactor)``, return its status."""
     try:
-        login, passcode = _login(args)
+        login, passcode, vm_logins = _login(args)
         host_name, port = _broker_address(args.broker)
     except ToolError as error:
         print(f"vmcontroller: {error}", file=sys.stderr)
@@ -138,7 +143,8 @@ def _run_with_host(args: argparse.Namespace, action: Callable[[Any, Any], Any]) 
         StompConfig(login, passcode, vhost=args.vhost),
         clock=reactor,
     )
-    host = HostController(session, reactor)
+    # With a credentials file, messages are believed only from the VM's own login.
+    host = HostController(session, reactor, vm_logins=vm_logins)
     outcome: list[int] = []
 
     @defer.inlineCallbacks
