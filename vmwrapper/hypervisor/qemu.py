@@ -14,7 +14,7 @@ How each part of the interface maps onto QEMU (facts: ``shared/qemu_guest.md``):
 * **checkpoints**: ``savevm boinc-N`` into the overlay, then ``checkpoint.json``
   is replaced atomically, then the previous snapshot deleted: a crash at any
   point leaves one complete checkpoint. Restore = new QEMU, ``loadvm``, ``cont``.
-* **death**: ``processEnded`` of the child reports a dead QEMU at once; every
+* **death**: ``processExited`` of the child reports a dead QEMU at once; every
   wait is raced against it, and QEMU is killed on deadlines and when the
   reactor shuts down.
 * **stale VMs**: ``vm_dir/vm.json`` records the pid and start time of the
@@ -113,6 +113,7 @@ class _QemuProcess(protocol.ProcessProtocol):
         self.stdout_tail = bytearray()
         self.watch = watch_stdout_for
         self.marker_seen: defer.Deferred[None] = defer.Deferred()
+        self.stderr_closed: defer.Deferred[None] = defer.Deferred()
         self.ended = False
         self.reason: Failure | None = None
         self._waiters: list[defer.Deferred[BaseException]] = []
@@ -121,13 +122,19 @@ class _QemuProcess(protocol.ProcessProtocol):
         self.stderr += data
         del self.stderr[:-16384]
 
+    def errConnectionLost(self) -> None:  # noqa: N802 - Twisted API
+        if not self.stderr_closed.called:
+            self.stderr_closed.callback(None)
+
     def outReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
         self.stdout_tail += data
         del self.stdout_tail[:-4096]
         if self.watch and self.watch in self.stdout_tail and not self.marker_seen.called:
             self.marker_seen.callback(None)
 
-    def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted API
+    def processExited(self, reason: Failure) -> None:  # noqa: N802 - Twisted API
+        # processExited, not processEnded: the latter also waits for every copy of
+        # the stdout/stderr pipes to close, which a helper child of QEMU may hold.
         self.ended = True
         self.reason = reason
         waiters, self._waiters = self._waiters, []
@@ -331,7 +338,8 @@ class QemuDriver(HypervisorDriver):
         if not proc.ended:
             with contextlib.suppress(Exception):
                 transport.signalProcess("KILL")
-            await proc.when_ended()
+            ended = proc.when_ended()
+            await defer.race([ended, task.deferLater(self.reactor, self.stop_timeout, lambda: None)])
         if index == 0:
             return True, f"KVM (probe boot reached user space in {took:.1f} s)"
         if index == 1:
@@ -514,7 +522,9 @@ class QemuDriver(HypervisorDriver):
         connecting.addCallbacks(lambda qmp: (qmp, None), lambda failure: (None, failure))
         index, (value, failure) = await defer.race([connecting, proc.when_ended().addCallback(
             lambda reason: (None, reason))])
-        if index == 1:
+        if index == 1:  # QEMU exited: read the rest of its stderr, then say why
+            await defer.race([proc.stderr_closed,
+                              task.deferLater(self.reactor, 1.0, lambda: None)])
             raise classify_qemu_error(proc.stderr_text(), vm.spec)
         if failure is not None:
             self._kill(vm)

@@ -130,3 +130,29 @@ def test_power_button_shuts_the_appliance_down_cleanly(qemu_session, tmp_path, r
     assert "power button pressed" in console, console[-2000:]
     assert took < 10, f"the guest took {took:.1f} s to power off"
     assert rt.call(driver.state, spec.name) is VMState.STOPPED
+
+
+@pytest.mark.parametrize("behaviour, accelerated, words", [
+    ('echo "BOINC-VM-PROBE-OK"; exec sleep 600', True, "reached user space"),
+    ("exec sleep 600", False, "hung"),
+    ('echo "kvm_buf_set_msrs: Assertion failed" >&2; exit 134', False, "exited"),
+])
+def test_kvm_probe_outcomes(qemu_session, appliance, tmp_path, behaviour, accelerated, words):
+    """The probe believes only the marker, kills a hung probe at its deadline."""
+    if not os.access("/dev/kvm", os.W_OK):
+        pytest.skip("the KVM probe runs only where /dev/kvm is usable")
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text("#!/bin/sh\n"
+                    'if [ "$1" = --version ]; then echo "QEMU emulator version 0.0-fake"; exit 0; fi\n'
+                    f"{behaviour}\n")
+    fake.chmod(0o755)
+    driver = qemu_session.new_driver(qemu_binary=str(fake), accel="auto", probe_timeout=1.5,
+                                     probe_kernel=appliance.probe_kernel,
+                                     probe_initrd=appliance.probe_initrd)
+    started = time.monotonic()
+    info = qemu_session.rt.call(driver.probe_host, timeout=30)
+    assert time.monotonic() - started < 5
+    assert info.accelerated is accelerated and words in info.detail
+    assert info.version == "0.0-fake"
+    leftovers = [p for p in processes_in(tmp_path) if p != os.getpid()]
+    assert leftovers == [], "the probe QEMU must be killed"
