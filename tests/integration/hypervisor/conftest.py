@@ -18,7 +18,9 @@ Adding a driver (e.g. ``virtualbox``)
    any, to ``DRIVER_MARKS``). That is all: the module is imported by name and
    its fixture picked up here.
 
-A name whose harness module does not exist yet is reported as skipped.
+A name whose harness module does not exist yet is reported as skipped; one
+that fails to import fails its own tests (with the traceback) but does not stop
+the other drivers' tests from running.
 Driver-specific tests (e.g. QEMU's KVM probe) live in their own
 ``test_<name>_*.py`` files and may use the same fixtures.
 """
@@ -26,6 +28,7 @@ Driver-specific tests (e.g. QEMU's KVM probe) live in their own
 from __future__ import annotations
 
 import importlib
+import traceback
 
 import pytest
 
@@ -43,13 +46,18 @@ DRIVER_MARKS: dict[str, list[pytest.MarkDecorator]] = {
 }
 
 _MISSING: dict[str, str] = {}
+_BROKEN: dict[str, str] = {}
 for _name in CONTRACT_DRIVERS:
     try:
         _module = importlib.import_module(f"tests.integration.hypervisor.harness_{_name}")
     except ModuleNotFoundError as error:
         if error.name != f"tests.integration.hypervisor.harness_{_name}":
-            raise
-        _MISSING[_name] = f"harness_{_name}.py is not written yet"
+            _BROKEN[_name] = traceback.format_exc()
+        else:
+            _MISSING[_name] = f"harness_{_name}.py is not written yet"
+        continue
+    except Exception:  # one broken harness must not hide the other drivers' results
+        _BROKEN[_name] = traceback.format_exc()
         continue
     for _fixture in getattr(_module, "FIXTURES", [f"{_name}_harness"]):
         globals()[_fixture] = getattr(_module, _fixture)
@@ -70,4 +78,6 @@ def harness(request) -> DriverHarness:
     """The ``DriverHarness`` of each driver in ``CONTRACT_DRIVERS`` in turn."""
     if request.param in _MISSING:
         pytest.skip(f"{request.param} driver: {_MISSING[request.param]}")
+    if request.param in _BROKEN:
+        pytest.fail(f"harness_{request.param}.py does not import:\n{_BROKEN[request.param]}")
     return request.getfixturevalue(f"{request.param}_harness")
