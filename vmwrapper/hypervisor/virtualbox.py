@@ -33,13 +33,9 @@ are chosen in ``_version_options``. ``VMSpec.extra`` takes the VirtualBox-only
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 import signal
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +52,20 @@ from vmwrapper.hypervisor.base import (
     VMSpec,
     VMState,
 )
+from vmwrapper.hypervisor.exitwatch import ExitWatch
+from vmwrapper.hypervisor.vbox_layout import (
+    CONTROLLER,
+    OVERLAY_FILE,
+    VBOX_STATES,
+    is_iso9660,
+    read_record,
+    remove_driver_files,
+    tail_text,
+    vbox_vm_name,
+    write_record,
+)
 from vmwrapper.hypervisor.vbox_options import VBoxOptions
+from vmwrapper.hypervisor.vbox_stale import StaleCleanup
 from vmwrapper.hypervisor.vboxapi_control import make_control
 from vmwrapper.hypervisor.vboxmanage import (
     BROKEN_VERSIONS,
@@ -68,7 +77,6 @@ from vmwrapper.hypervisor.vboxmanage import (
     classify,
     find_vboxmanage,
     parse_hostinfo,
-    parse_in_use_by,
     parse_machine_readable,
     parse_snapshot_list,
     parse_version,
@@ -77,78 +85,12 @@ from vmwrapper.hypervisor.vboxmanage import (
 
 log = Logger()
 
-RECORD_FILE = "virtualbox-vm.json"
-OVERLAY_FILE = "overlay.vdi"
-CONTROLLER = "Hard Disk Controller"
 #: Seconds VBoxManage may take for calls that do real work (start, snapshots).
 LONG_TIMEOUT = 300.0
-
-#: VirtualBox machine states (``showvminfo --machinereadable`` ``VMState``) -> ours.
-#: Judgement calls: transient "busy" states count as what the VM will be in when
-#: the operation ends; "saved" is STOPPED (no process; ``start`` resumes it);
-#: "aborted"/"gurumeditation" are CRASHED as vboxwrapper treats them (poll()).
-VBOX_STATES: dict[str, VMState] = {
-    "poweroff": VMState.STOPPED,
-    "saved": VMState.STOPPED,
-    "teleported": VMState.STOPPED,
-    "restoring": VMState.RUNNING,
-    "starting": VMState.RUNNING,
-    "running": VMState.RUNNING,
-    "saving": VMState.RUNNING,
-    "stopping": VMState.RUNNING,
-    "teleporting": VMState.RUNNING,
-    "livesnapshotting": VMState.RUNNING,
-    "onlinesnapshotting": VMState.RUNNING,
-    "deletingsnapshotlive": VMState.RUNNING,
-    "paused": VMState.PAUSED,
-    "deletingsnapshotlivepaused": VMState.PAUSED,
-    "teleportingpausedvm": VMState.PAUSED,
-    "aborted": VMState.CRASHED,
-    "aborted-saved": VMState.CRASHED,
-    "gurumeditation": VMState.CRASHED,
-    "stuck": VMState.CRASHED,
-}
-
-
-def vbox_vm_name(name: str) -> str:
-    """The VirtualBox VM name for a spec (result) name: ``boinc_`` + 16 hex of its md5."""
-    return "boinc_" + hashlib.md5(name.encode()).hexdigest()[:16]
-
 
 def _same_process(pid: int | None, start: int | None) -> bool:
     """True while ``pid`` runs and is the process that started at ``start``."""
     return bool(pid) and procinfo.is_running(pid) and procinfo.start_ticks(pid) == start
-
-
-class _ExitWatch:
-    """Tells when a process that is not our child ends, without polling: a Linux
-    pidfd (``os.pidfd_open``, kernel >= 5.3) becomes readable at its exit, and the
-    reactor watches it like a socket (Twisted ``IReadDescriptor``)."""
-
-    def __init__(self, reactor: Any, pid: int, on_exit: Callable[[], None]) -> None:
-        self.reactor = reactor
-        self.fd = os.pidfd_open(pid)
-        self.on_exit = on_exit
-        reactor.addReader(self)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def doRead(self) -> None:
-        self.close()
-        self.on_exit()
-
-    def connectionLost(self, reason: Any) -> None:
-        self.close()
-
-    def logPrefix(self) -> str:
-        return "vm-exit"
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            self.reactor.removeReader(self)
-            os.close(self.fd)
-            self.fd = -1
 
 
 # -- the driver ---------------------------------------------------------------------
@@ -167,7 +109,7 @@ class _VM:
     pid_start: int | None = None
     waiters: list[defer.Deferred[VMState]] = field(default_factory=list)
     watcher: task.LoopingCall | None = None
-    exit_watch: _ExitWatch | None = None
+    exit_watch: ExitWatch | None = None
     last_cpu: float = 0.0
 
     @property
@@ -224,6 +166,7 @@ class VirtualBoxDriver(HypervisorDriver):
         self.watch_interval = watch_interval
         self.long_timeout = long_timeout
         self.api = make_control(use_api)
+        self._stale = StaleCleanup(self._vbm, long_timeout)
         self.version: VBoxVersion | None = None
         self._host: HostInfo | None = None
         self._vms: dict[str, _VM] = {}
@@ -287,15 +230,11 @@ class VirtualBoxDriver(HypervisorDriver):
         return None if info is None else info.get("VMState", "")
 
     def _write_record(self, vm: _VM) -> None:
-        record = {"name": vm.spec.name, "vbox_name": vm.vbox_name, "uuid": vm.uuid,
-                  "rdp_port": vm.rdp_port,
-                  "overlay": str(vm.overlay),
-                  "config_disk": str(vm.spec.config_disk) if vm.spec.config_disk else None,
-                  "vbox_user_home": self.runner.env.get("VBOX_USER_HOME", "")}
-        path = vm.spec.vm_dir / RECORD_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        write_record(vm.spec.vm_dir, {
+            "name": vm.spec.name, "vbox_name": vm.vbox_name, "uuid": vm.uuid,
+            "rdp_port": vm.rdp_port, "overlay": str(vm.overlay),
+            "config_disk": str(vm.spec.config_disk) if vm.spec.config_disk else None,
+            "vbox_user_home": self.runner.env.get("VBOX_USER_HOME", "")})
 
     def _read_vm_pid(self, vm: _VM) -> None:
         try:
@@ -370,7 +309,7 @@ class VirtualBoxDriver(HypervisorDriver):
         self._vms[spec.name] = vm
         if info is not None:
             vm.uuid = info.get("UUID", "")
-            record = _read_record(spec.vm_dir)
+            record = read_record(spec.vm_dir)
             if record and record.get("vbox_name") == vm.vbox_name:
                 vm.rdp_port = record.get("rdp_port")
             if VBOX_STATES.get(info.get("VMState", "")) in (VMState.RUNNING, VMState.PAUSED):
@@ -513,7 +452,7 @@ class VirtualBoxDriver(HypervisorDriver):
     def _attach_config_disk(self, vm: _VM) -> defer.Deferred[VBoxResult]:
         disk = vm.spec.config_disk
         assert disk is not None
-        if _is_iso9660(disk):
+        if is_iso9660(disk):
             kind = ["--type", "dvddrive"]
         else:  # a plain disk: immutable, so VirtualBox never writes to the caller's file
             kind = ["--type", "hdd", "--mtype", "immutable"]
@@ -544,7 +483,7 @@ class VirtualBoxDriver(HypervisorDriver):
             return
         if vm.pid and hasattr(self.reactor, "addReader") and hasattr(os, "pidfd_open"):
             try:
-                watch = _ExitWatch(self.reactor, vm.pid, lambda: self._watch(vm))
+                watch = ExitWatch(self.reactor, vm.pid, lambda: self._watch(vm))
             except OSError:
                 pass
             else:
@@ -752,7 +691,7 @@ class VirtualBoxDriver(HypervisorDriver):
             yield self._vbm("closemedium", "disk", str(vm.overlay), "--delete",
                             doing="delete the overlay", check=False)
             vm.overlay.unlink(missing_ok=True)
-        _remove_driver_files(vm.spec.vm_dir, vm.vbox_name, vm.spec.console_log_path)
+        remove_driver_files(vm.spec.vm_dir, vm.vbox_name, vm.spec.console_log_path)
 
     # -- observation -------------------------------------------------------------------
 
@@ -803,124 +742,18 @@ class VirtualBoxDriver(HypervisorDriver):
         vm = self._vm(name)
         path = vm.spec.console_log_path
         if path.exists():
-            return defer.succeed(_tail(path, max_bytes))
+            return defer.succeed(tail_text(path, max_bytes))
         log_path = vm.folder / "Logs" / "VBox.log"
         if log_path.exists():
-            lines = [line for line in _tail(log_path, 4 * max_bytes).splitlines()
+            lines = [line for line in tail_text(log_path, 4 * max_bytes).splitlines()
                      if "Guest Log:" in line]
             return defer.succeed("\n".join(lines)[-max_bytes:])
         return defer.succeed("")
 
     # -- recovery -----------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def cleanup_stale(self, vm_dir: Path, keep_checkpoint: bool = True) -> Any:
-        vm_dir = Path(vm_dir)
-        if not vm_dir.is_dir():
-            return []
-        yield self._ensure_version()
-        candidates: dict[str, str] = {}  # vbox name -> spec name
-        record = _read_record(vm_dir)
-        if record:
-            candidates[record["vbox_name"]] = record.get("name", record["vbox_name"])
-        for settings in vm_dir.glob("boinc_*/boinc_*.vbox"):
-            if settings.stem == settings.parent.name:
-                candidates.setdefault(settings.stem, settings.stem)
-        overlay = vm_dir / OVERLAY_FILE
-        if overlay.exists():
-            result = yield self._vbm("showmediuminfo", "disk", str(overlay),
-                                     doing="find VMs holding our overlay", check=False)
-            for holder, _uuid in parse_in_use_by(result.output):
-                if holder.strip().startswith("boinc_"):
-                    candidates.setdefault(holder.strip(), holder.strip())
-        cleaned = []
-        for vbox_name, spec_name in candidates.items():
-            if any(v.vbox_name == vbox_name for v in self._vms.values()):
-                continue  # live in this driver: not stale
-            done = yield self._cleanup_one(vm_dir, vbox_name, keep_checkpoint, record)
-            if done:
-                cleaned.append(spec_name)
-        if not keep_checkpoint:
-            yield self._vbm("closemedium", "disk", str(overlay), "--delete",
-                            doing="delete a stale overlay", check=False)
-            overlay.unlink(missing_ok=True)
-            (vm_dir / RECORD_FILE).unlink(missing_ok=True)
-        return cleaned
-
-    @defer.inlineCallbacks
-    def _cleanup_one(self, vm_dir: Path, vbox_name: str, keep_checkpoint: bool,
-                     record: dict[str, Any] | None) -> Any:
-        result = yield self._vbm("showvminfo", vbox_name, "--machinereadable",
-                                 doing=f"query stale VM {vbox_name}", check=False)
-        folder = vm_dir / vbox_name
-        info = parse_machine_readable(result.stdout) if not result.failed else None
-        acted = False
-        if info is not None:
-            state = VBOX_STATES.get(info.get("VMState", ""))
-            if state in (VMState.RUNNING, VMState.PAUSED):
-                yield self._vbm("controlvm", vbox_name, "poweroff",
-                                doing=f"power off stale VM {vbox_name}", timeout=self.long_timeout)
-                acted = True
-        # A VM process VBoxSVC lost track of: kill it if it is really that VM's.
-        try:
-            pid = parse_vm_pid((folder / "Logs" / "VBox.log").read_text(errors="replace"))
-        except OSError:
-            pid = None
-        command = " ".join(procinfo.command_line(pid)) if pid and procinfo.is_running(pid) else ""
-        if command and (str(folder) in command or vbox_name in command):
-            os.kill(pid, signal.SIGKILL)
-            acted = True
-        if keep_checkpoint:
-            return acted
-        if info is not None:
-            if f"{CONTROLLER}-1-0" in info:
-                yield self._vbm("storageattach", vbox_name, "--storagectl", CONTROLLER,
-                                "--port", "1", "--device", "0", "--medium", "none",
-                                doing="detach the config disk", check=False)
-            yield self._vbm("unregistervm", vbox_name, "--delete",
-                            doing=f"unregister stale VM {vbox_name}", timeout=self.long_timeout)
-        console = Path(info["uartmode1"].split(",", 1)[-1]) if info and "uartmode1" in (
-            info or {}) else None
-        _remove_driver_files(vm_dir, vbox_name, console)
-        return True
-
-
-# -- module helpers -------------------------------------------------------------------
-
-
-def _is_iso9660(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0x8001)
-            return handle.read(5) == b"CD001"
-    except OSError:
-        return False
-
-
-def _tail(path: Path, max_bytes: int) -> str:
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - max_bytes))
-        return handle.read().decode("utf-8", "replace")
-
-
-def _read_record(vm_dir: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads((vm_dir / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and "vbox_name" in record else None
-
-
-def _remove_driver_files(vm_dir: Path, vbox_name: str, console_log: Path | None) -> None:
-    """Delete what the driver itself put in ``vm_dir`` (never the caller's files)."""
-    shutil.rmtree(vm_dir / vbox_name, ignore_errors=True)
-    for path in (vm_dir / RECORD_FILE, vm_dir / OVERLAY_FILE):
-        path.unlink(missing_ok=True)
-    if console_log is not None and vm_dir in console_log.parents:
-        console_log.unlink(missing_ok=True)
-    try:
-        vm_dir.rmdir()
-    except OSError:
-        pass
+    def cleanup_stale(self, vm_dir: Path, keep_checkpoint: bool = True) -> defer.Deferred[Any]:
+        live = {vm.vbox_name for vm in self._vms.values()}
+        d = self._ensure_version()
+        d.addCallback(lambda _: self._stale.clean(Path(vm_dir), keep_checkpoint, live))
+        return d
