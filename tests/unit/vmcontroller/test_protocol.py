@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmcontroller import protocol as p
 
@@ -80,3 +82,34 @@ def test_tracker_resolves_rejects_and_fails_by_key():
     assert tracker.resolve(seq_a, "pong") and results[1] == "pong"
     assert not tracker.resolve(seq_a, "again") and len(tracker) == 0
     assert tracker.reserve() == 12
+
+
+_VALID = [
+    p.encode(p.Run(3, argv=["a"], env={"K": "V"}, timeout=1.5)),
+    p.encode(p.Data("t", 7), b"\x00\x01payload"),
+    p.encode(p.Exit(1, 0, None, {"ru_utime": 0.1}, 0.2)),
+    p.encode(p.Put(4, "t", "x/y", 10)),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.tuples(st.sampled_from(_VALID), st.integers(0, 120), st.binary(max_size=8)).map(
+            lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + len(t[2]) :]
+        ),
+        st.dictionaries(
+            st.sampled_from(["type", "v", "seq", "argv", "shell", "env", "timeout", "re", "x"]),
+            st.one_of(st.none(), st.integers(), st.text(max_size=5), st.lists(st.integers())),
+        ).map(lambda d: json.dumps(d).encode()),
+    )
+)
+def test_decode_never_fails_with_anything_but_protocol_error(body):
+    try:
+        message, payload = p.decode(body)
+    except p.ProtocolError as error:
+        assert error.code in vars(p.ErrorCode).values() and error.message
+    else:
+        assert isinstance(message, p.Message)
+        assert p.decode(p.encode(message, bytes(payload)))[0] == message
