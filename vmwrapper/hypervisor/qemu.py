@@ -201,10 +201,13 @@ class QemuDriver(HypervisorDriver):
     :param qemu_binary: the system emulator (looked up on PATH).
     :param qemu_img: the image tool (looked up on PATH).
     :param accel: ``"auto"`` (KVM after a successful probe boot, else TCG),
-        ``"tcg"`` or ``"kvm"`` (forced, no probe).
+        ``"tcg"`` or ``"kvm"`` (forced, no probe). Default: ``$VMWRAPPER_QEMU_ACCEL``,
+        else ``"auto"``.
     :param probe_kernel: kernel for the KVM probe boot (the appliance's
-        ``probe-vmlinuz``); without it ``auto`` means TCG.
-    :param probe_initrd: initramfs printing ``PROBE_MARKER`` (``probe-initrd``).
+        ``probe-vmlinuz``); without it ``auto`` means TCG. Default:
+        ``probe-vmlinuz`` in ``$VMWRAPPER_QEMU_PROBE_DIR`` when that is set.
+    :param probe_initrd: initramfs printing ``PROBE_MARKER`` (``probe-initrd``;
+        same default rule).
     :param probe_timeout: seconds the probe may take before KVM is declared unusable.
     :param probe_cache: JSON file remembering the probe verdict across runs.
     :param start_timeout: seconds for QEMU to answer on QMP after it was started.
@@ -220,14 +223,19 @@ class QemuDriver(HypervisorDriver):
         graceful_shutdown=True)
 
     def __init__(self, reactor: Any, *, qemu_binary: str = "qemu-system-x86_64",
-                 qemu_img: str = "qemu-img", accel: str = "auto",
+                 qemu_img: str = "qemu-img", accel: str | None = None,
                  probe_kernel: Path | None = None, probe_initrd: Path | None = None,
                  probe_timeout: float = 10.0, probe_cache: Path | None = None,
                  start_timeout: float = 30.0, command_timeout: float = 30.0,
                  checkpoint_timeout: float = 120.0, stop_timeout: float = 10.0) -> None:
         super().__init__(reactor)
+        accel = accel or os.environ.get("VMWRAPPER_QEMU_ACCEL") or "auto"
         if accel not in ("auto", "tcg", "kvm"):
-            raise InvalidSpec(f"accel {accel!r} must be 'auto', 'tcg' or 'kvm'")
+            raise InvalidSpec(f"QEMU accelerator {accel!r} must be 'auto', 'tcg' or 'kvm'")
+        probe_dir = os.environ.get("VMWRAPPER_QEMU_PROBE_DIR")
+        if probe_dir and probe_kernel is None and probe_initrd is None:
+            probe_kernel = Path(probe_dir) / "probe-vmlinuz"
+            probe_initrd = Path(probe_dir) / "probe-initrd"
         self.qemu_binary = qemu_binary
         self.qemu_img = qemu_img
         self.accel = accel

@@ -140,3 +140,14 @@ def test_procinfo_reads_this_process():
     assert procinfo.resident_bytes(pid) > 1024 * 1024
     assert procinfo.is_running(pid) and procinfo.command_line(pid)
     assert procinfo.cpu_seconds(2**22 + 1) == 0.0 and not procinfo.is_running(2**22 + 1)
+
+
+def test_accelerator_and_probe_files_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("VMWRAPPER_QEMU_ACCEL", "tcg")
+    monkeypatch.setenv("VMWRAPPER_QEMU_PROBE_DIR", str(tmp_path))
+    driver = QemuDriver(task.Clock())
+    assert driver.accel == "tcg" and driver.probe_kernel == tmp_path / "probe-vmlinuz"
+    assert QemuDriver(task.Clock(), accel="auto").accel == "auto", "an argument wins"
+    monkeypatch.setenv("VMWRAPPER_QEMU_ACCEL", "hvf")
+    with pytest.raises(Exception, match="'auto', 'tcg' or 'kvm'"):
+        QemuDriver(task.Clock())
