@@ -67,7 +67,7 @@ class StaleCleanup:
         for vbox_name, spec_name in candidates.items():
             if vbox_name in live:
                 continue  # live in this driver: not stale
-            done = yield self._clean_one(vm_dir, vbox_name, keep_checkpoint, record)
+            done = yield self._clean_one(vm_dir, vbox_name, keep_checkpoint)
             if done:
                 cleaned.append(spec_name)
         if not keep_checkpoint:
@@ -78,8 +78,8 @@ class StaleCleanup:
         return cleaned
 
     @defer.inlineCallbacks
-    def _clean_one(self, vm_dir: Path, vbox_name: str, keep_checkpoint: bool,
-                     record: dict[str, Any] | None) -> Any:
+    def _clean_one(self, vm_dir: Path, vbox_name: str, keep_checkpoint: bool) -> Any:
+        """Power off (and unless keeping, unregister and delete) one stale VM."""
         result = yield self.vbm("showvminfo", vbox_name, "--machinereadable",
                                  doing=f"query stale VM {vbox_name}", check=False)
         folder = vm_dir / vbox_name

@@ -286,3 +286,29 @@ def test_savestate_then_start_continues_the_guest(vbm, vm, tmp_path):
     assert json.loads(ram_file.read_text())["ticks"] >= saved
     assert list((tmp_path / "slot" / vm / "Snapshots").glob("*.sav")) == []  # consumed
     assert (tmp_path / "slot" / vm / "Logs" / "VBox.log.1").exists()  # rotated per start
+
+
+def test_guest_properties_clone_shared_folders_bandwidth(vbm, vm, tmp_path):
+    assert vbm.ok("guestproperty", "get", vm, "/VirtualBox/GuestInfo/OS/Product") == \
+        "No value set!\n"
+    vbm.ok("guestproperty", "set", vm, "/boinc/state", "ready")
+    assert vbm.ok("guestproperty", "get", vm, "/boinc/state") == "Value: ready\n"
+    assert "Name: /boinc/state, value: ready" in vbm.ok("guestproperty", "enumerate", vm)
+    out = vbm.ok("clonemedium", "disk", str(tmp_path / "slot" / "overlay.vdi"),
+                 str(tmp_path / "copy.vdi"), "--format", "VDI")
+    assert "Clone medium created in format 'VDI'. UUID:" in out
+    assert (tmp_path / "copy.vdi").exists()
+    status, _, err = vbm("sharedfolder", "add", vm, "--name", "shared", "--hostpath",
+                         str(tmp_path / "nope"))
+    assert status == 1 and "does not exist" in err
+    (tmp_path / "shared").mkdir()
+    vbm.ok("sharedfolder", "add", vm, "--name", "shared", "--hostpath", str(tmp_path / "shared"))
+    status, _, err = vbm("sharedfolder", "add", vm, "--name", "shared", "--hostpath",
+                         str(tmp_path / "shared"))
+    assert "already exists" in err
+    info = vbm.info(vm)
+    assert info["SharedFolderNameMachineMapping1"] == "shared"
+    assert info["SharedFolderPathMachineMapping1"] == str(tmp_path / "shared")
+    vbm.ok("bandwidthctl", vm, "add", f"{vm}_net", "--type", "network", "--limit", "1024G")
+    vbm.ok("sharedfolder", "remove", vm, "--name", "shared")
+    assert "SharedFolderNameMachineMapping1" not in vbm.info(vm)
