@@ -389,6 +389,11 @@ class TransferReceiver:
             self._gap_reported_at = self.offset
             _safe_send(self._send, DataAck(self.transfer_id, self.offset, sync=True))
 
+    def resync(self) -> None:
+        """Our connection came back: ask the sender to go on from our offset."""
+        if not self.done.called and self._request_resend is not None:
+            self._request_resend(self.offset)
+
     def on_sync(self, message: DataSync | None = None) -> None:
         """The sender asks where to resume."""
         if self.done.called:

@@ -170,9 +170,11 @@ class Agent:
         log.info("connected to the broker as {vm}", vm=self.agent_id)
         self._broadcast(self._hello())
         while self._outbox and self.session.is_connected:
-            body = self._outbox.popleft()
-            self._outbox_bytes -= len(body)
-            self.session.send(self._reply_to, body)
+            try:
+                self.session.send(self._reply_to, self._outbox[0])
+            except ConnectionError:
+                break  # gone again: the next connection sends the rest
+            self._outbox_bytes -= len(self._outbox.popleft())
         for sender in list(self.senders.values()):
             sender.resync()
 

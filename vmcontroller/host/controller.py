@@ -399,6 +399,8 @@ class HostController:
                 self._arm_deadline(status)
         for sender in list(self.senders.values()):
             sender.resync()
+        for receiver in list(self.receivers.values()):
+            receiver.resync()
 
     def _on_disconnect(self, reason: Failure) -> None:
         self._connected = False
