@@ -54,7 +54,9 @@ def test_run_streams_output_and_reports_exit_code_and_rusage(harness):
     assert stdout == b"line1\nline2\nline3\n"
     assert stderr == b"oops\n"
     out_times = [t for t, stream, _ in chunks if stream == "stdout"]
-    assert len(out_times) == 3 and out_times[-1] - out_times[0] >= 0.3, "output was not streamed"
+    # 0.2 s between lines, 50 ms batching: several batches, spread over time
+    # (not exactly 3: a loaded machine may merge two lines into one batch).
+    assert len(out_times) >= 2 and out_times[-1] - out_times[0] >= 0.2, "output was not streamed"
     assert result.code == 7 and result.signal is None and not result.timed_out
     assert result.rusage["ru_utime"] + result.rusage["ru_stime"] > 0.01
     assert result.rusage["ru_maxrss"] > 0
@@ -131,7 +133,7 @@ def test_twenty_concurrent_commands(harness):
             out = []
             spans[n] = out
             runs.append(harness.host.run(
-                agent.vm_id, shell=f"date +%s.%N; sleep 1; echo {n}; date +%s.%N",
+                agent.vm_id, shell=f"date +%s.%N; sleep 2; echo {n}; date +%s.%N",
                 on_output=lambda s, d, out=out: out.append(d),
             ))  # fmt: skip
         return defer.gatherResults(runs)
