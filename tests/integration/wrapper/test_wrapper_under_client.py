@@ -80,6 +80,25 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
         time.sleep(interval)
 
 
+def wait_reported(job, timeout: float):
+    """The server's record of *job*'s result; asks for an RPC whenever the client has one
+    ready (failed and aborted results otherwise wait for a back-off or a later RPC)."""
+    deadline = time.monotonic() + timeout
+    asked = 0.0
+    while True:
+        result = job.server.results.get(job.result_name)
+        if result is not None:
+            return result
+        task = job.client.task(job.result_name)
+        if task is not None and task.ready_to_report and time.monotonic() - asked > 5:
+            job.client.update_project(job.server.url)
+            asked = time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{job.name} not reported within {timeout:g} s; client task: "
+                               f"{task.fields if task else None}\nstderr.txt:\n{job.stderr()[-2000:]}")
+        time.sleep(0.5)
+
+
 def test_job_suspends_quits_resumes_and_succeeds(submit, wrapper_client, wrapper_project):
     ticks = 40
     job = submit("wu_main", job_xml(TICK_TASK.format(ticks=ticks), trickle_period=8,
@@ -115,7 +134,7 @@ def test_job_suspends_quits_resumes_and_succeeds(submit, wrapper_client, wrapper
     job.client.task_op(wrapper_project.url, job.result_name, "resume")
     job.wait_log("continued from the checkpoint", timeout=120)
     assert len(job.vm_processes()) == 1
-    result = wrapper_project.wait_for_result(job.result_name, timeout=240)
+    result = wait_reported(job, timeout=240)
     assert (result.exit_status, result.state) == (0, RESULT_STATE_FILES_UPLOADED), result.stderr_out
     assert wrapper_project.uploads[f"{job.result_name}_out"] == b"hello\nworld\nticks=%d\n" % ticks
 
@@ -152,7 +171,7 @@ def test_sigkilled_wrapper_restarts_with_one_vm_then_abort_leaves_nothing(
     wait_until(lambda: not procinfo.is_running(second_pid), 60, "the wrapper to exit on abort")
     assert processes_in(slot) == [] and processes_in(wrapper_client.data_dir) == []
     assert not (slot / "vm").exists() and not (slot / "vm_userdata.iso").exists()
-    result = wrapper_project.wait_for_result(job.result_name, timeout=60)
+    result = wait_reported(job, timeout=60)
     assert result.exit_status != 0
 
 
@@ -175,7 +194,7 @@ def test_failures_end_with_boinc_status_message_and_no_orphan(submit, wrapper_cl
     wrapper_client.update_project(wrapper_project.url)
     try:
         for name, (_, status, words) in FAILURES.items():
-            result = wrapper_project.wait_for_result(jobs[name].result_name, timeout=300)
+            result = wait_reported(jobs[name], timeout=240)
             assert result.exit_status == int(status), f"{name}: {result.stderr_out}"
             assert words in result.stderr_out, f"{name}: {result.stderr_out}"
     finally:
