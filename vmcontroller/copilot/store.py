@@ -1,0 +1,293 @@
+"""The job manager's durable store: SQLite by default, MariaDB/MySQL at scale.
+
+Open one with :func:`open_store` and a URL::
+
+    sqlite:///var/lib/copilot/jobs.db          (the default, embedded)
+    mysql://root@127.0.0.1:3306/copilot        (MariaDB; the database is created)
+
+Every change is a compare-and-set on the job's ``version`` (see
+:meth:`Store.save`), committed together with its history event, so two
+manager processes (or a manager racing its own expiry sweep) can never
+both hand out or complete the same attempt.  Tokens are kept as sha256
+digests, never in clear.
+
+Calls block; the manager makes them from its reactor thread, which is fine
+for a local database (a few hundred microseconds each).
+"""
+
+# -*- test-case-name: tests.unit.copilot.test_store -*-
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import sqlite3
+import urllib.parse
+from typing import Any
+
+from vmcontroller.copilot.lease import Event, JobRecord
+from vmcontroller.copilot.spec import Capabilities, JobSpec, JobState
+
+__all__ = ["Store", "StoreError", "open_store"]
+
+_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_DB_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+_COLUMNS = (
+    "id", "owner", "spec", "state", "created", "attempts", "version", "lease_id",
+    "lease_token", "lease_agent", "lease_expires", "lease_deadline", "lease_accepted",
+    "result", "cores", "memory_mb", "max_run_time",
+)  # fmt: skip
+
+
+class StoreError(RuntimeError):
+    """The store URL is wrong or the database refused us."""
+
+
+def _schema(auto_increment: str, text: str) -> list[str]:
+    return [
+        "CREATE TABLE IF NOT EXISTS copilot_jobs ("
+        " id VARCHAR(32) PRIMARY KEY, owner VARCHAR(64) NOT NULL, spec TEXT NOT NULL,"
+        " state VARCHAR(16) NOT NULL, created DOUBLE NOT NULL, attempts INTEGER NOT NULL,"
+        " version INTEGER NOT NULL, lease_id VARCHAR(32), lease_token VARCHAR(64),"
+        " lease_agent VARCHAR(64), lease_expires DOUBLE, lease_deadline DOUBLE,"
+        f" lease_accepted INTEGER NOT NULL, result {text} NOT NULL, cores INTEGER NOT NULL,"
+        " memory_mb INTEGER NOT NULL, max_run_time DOUBLE NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS copilot_jobs_state ON copilot_jobs (state, created)",
+        "CREATE INDEX IF NOT EXISTS copilot_jobs_owner ON copilot_jobs (owner, created)",
+        "CREATE INDEX IF NOT EXISTS copilot_jobs_token ON copilot_jobs (lease_token)",
+        f"CREATE TABLE IF NOT EXISTS copilot_events (n {auto_increment},"
+        " job_id VARCHAR(32) NOT NULL, at DOUBLE NOT NULL, state VARCHAR(16) NOT NULL,"
+        " detail TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS copilot_events_job ON copilot_events (job_id, n)",
+        "CREATE TABLE IF NOT EXISTS copilot_users (name VARCHAR(64) PRIMARY KEY,"
+        " token_sha256 CHAR(64) NOT NULL UNIQUE)",
+    ]
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Store:
+    """Jobs, their history and the users' tokens in one SQL database.
+
+    :param connection: a DB-API connection (autocommit off).
+    :param paramstyle: ``qmark`` (sqlite3) or ``format`` (PyMySQL).
+    """
+
+    def __init__(self, connection: Any, paramstyle: str, schema: list[str]) -> None:
+        self.connection = connection
+        self._format = paramstyle == "format"
+        with self._transaction() as cursor:
+            for statement in schema:
+                cursor.execute(statement)
+
+    # --- plumbing --------------------------------------------------------------
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self._format else statement
+
+    class _Tx:
+        def __init__(self, store: Store) -> None:
+            self.store = store
+
+        def __enter__(self) -> Any:
+            self.cursor = self.store.connection.cursor()
+            return self.cursor
+
+        def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+            try:
+                if kind is None:
+                    self.store.connection.commit()
+                else:
+                    self.store.connection.rollback()
+            finally:
+                self.cursor.close()
+
+    def _transaction(self) -> Store._Tx:
+        return Store._Tx(self)
+
+    def _query(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._transaction() as cursor:
+            cursor.execute(self._sql(statement), params)
+            return list(cursor.fetchall())
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # --- users -----------------------------------------------------------------
+
+    def add_user(self, name: str) -> str:
+        """Create ``name`` (or give it a new token); returns the token, shown once."""
+        if not isinstance(name, str) or not _USER.fullmatch(name):
+            raise StoreError(
+                f"invalid user name {name!r}: 1-64 letters, digits, '_', '.' or '-'"
+            )
+        token = secrets.token_urlsafe(24)
+        with self._transaction() as cursor:
+            cursor.execute(self._sql("DELETE FROM copilot_users WHERE name = ?"), (name,))
+            cursor.execute(
+                self._sql("INSERT INTO copilot_users (name, token_sha256) VALUES (?, ?)"),
+                (name, _digest(token)),
+            )
+        return token
+
+    def user_for_token(self, token: str) -> str | None:
+        """The user a token belongs to, or None."""
+        rows = self._query(
+            "SELECT name FROM copilot_users WHERE token_sha256 = ?", (_digest(token),)
+        )
+        return rows[0][0] if rows else None
+
+    # --- jobs ------------------------------------------------------------------
+
+    @staticmethod
+    def _row(job: JobRecord) -> tuple[Any, ...]:
+        return (
+            job.id, job.owner, json.dumps(job.spec.to_dict()), str(job.state), job.created,
+            job.attempts, job.version, job.lease_id, job.lease_token, job.lease_agent,
+            job.lease_expires, job.lease_deadline, int(job.lease_accepted),
+            json.dumps(job.result), job.spec.cores, job.spec.memory_mb, job.spec.max_run_time,
+        )  # fmt: skip
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> JobRecord:
+        values = dict(zip(_COLUMNS, row, strict=True))
+        return JobRecord(
+            id=values["id"],
+            owner=values["owner"],
+            spec=JobSpec.from_dict(json.loads(values["spec"])),
+            state=JobState(values["state"]),
+            created=float(values["created"]),
+            attempts=int(values["attempts"]),
+            version=int(values["version"]),
+            lease_id=values["lease_id"],
+            lease_token=values["lease_token"],
+            lease_agent=values["lease_agent"],
+            lease_expires=values["lease_expires"],
+            lease_deadline=values["lease_deadline"],
+            lease_accepted=bool(values["lease_accepted"]),
+            result=json.loads(values["result"]),
+        )
+
+    def _add_event(self, cursor: Any, job_id: str, event: Event) -> None:
+        cursor.execute(
+            self._sql("INSERT INTO copilot_events (job_id, at, state, detail) VALUES (?, ?, ?, ?)"),
+            (job_id, event.at, str(event.state), event.detail),
+        )
+
+    def insert(self, job: JobRecord, event: Event) -> None:
+        """Store a new job and its first history event."""
+        marks = ", ".join("?" * len(_COLUMNS))
+        with self._transaction() as cursor:
+            cursor.execute(
+                self._sql(f"INSERT INTO copilot_jobs ({', '.join(_COLUMNS)}) VALUES ({marks})"),
+                self._row(job),
+            )
+            self._add_event(cursor, job.id, event)
+
+    def save(self, job: JobRecord, expected_version: int, event: Event | None = None) -> bool:
+        """Write ``job`` if the stored copy still has ``expected_version``.
+
+        :returns: False when someone else changed the job first (nothing written).
+        """
+        assignments = ", ".join(f"{name} = ?" for name in _COLUMNS[1:])
+        with self._transaction() as cursor:
+            cursor.execute(
+                self._sql(f"UPDATE copilot_jobs SET {assignments} WHERE id = ? AND version = ?"),
+                (*self._row(job)[1:], job.id, expected_version),
+            )
+            if cursor.rowcount != 1:
+                return False
+            if event is not None:
+                self._add_event(cursor, job.id, event)
+        return True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        rows = self._query(f"SELECT {', '.join(_COLUMNS)} FROM copilot_jobs WHERE id = ?", (job_id,))
+        return self._record(rows[0]) if rows else None
+
+    def by_lease_token(self, token: str) -> JobRecord | None:
+        """The job whose current lease has this secret token."""
+        rows = self._query(
+            f"SELECT {', '.join(_COLUMNS)} FROM copilot_jobs WHERE lease_token = ?", (token,)
+        )
+        return self._record(rows[0]) if rows else None
+
+    def jobs_of(self, owner: str, limit: int = 1000) -> list[JobRecord]:
+        """``owner``'s jobs, oldest first."""
+        rows = self._query(
+            f"SELECT {', '.join(_COLUMNS)} FROM copilot_jobs WHERE owner = ?"
+            f" ORDER BY created, id LIMIT {int(limit)}",
+            (owner,),
+        )
+        return [self._record(row) for row in rows]
+
+    def candidates(self, caps: Capabilities, now: float, limit: int = 8) -> list[JobRecord]:
+        """Queued jobs without a live offer that fit ``caps``, oldest first."""
+        rows = self._query(
+            f"SELECT {', '.join(_COLUMNS)} FROM copilot_jobs WHERE state = ?"
+            " AND (lease_id IS NULL OR lease_expires <= ?)"
+            " AND cores <= ? AND memory_mb <= ? AND max_run_time <= ?"
+            f" ORDER BY created, id LIMIT {int(limit)}",
+            (str(JobState.QUEUED), now, caps.cores, caps.memory_mb, caps.max_run_time),
+        )
+        return [self._record(row) for row in rows]
+
+    def expired(self, now: float, limit: int = 100) -> list[JobRecord]:
+        """Jobs holding a lease that ran out at or before ``now``."""
+        rows = self._query(
+            f"SELECT {', '.join(_COLUMNS)} FROM copilot_jobs WHERE lease_id IS NOT NULL"
+            f" AND lease_expires <= ? AND state IN (?, ?) LIMIT {int(limit)}",
+            (now, str(JobState.QUEUED), str(JobState.RUNNING)),
+        )
+        return [self._record(row) for row in rows]
+
+    def history(self, job_id: str) -> list[Event]:
+        rows = self._query(
+            "SELECT at, state, detail FROM copilot_events WHERE job_id = ? ORDER BY n", (job_id,)
+        )
+        return [Event(float(at), state, detail) for at, state, detail in rows]
+
+
+def open_store(url: str) -> Store:
+    """Open (and create the tables of) the store named by ``url`` (see module doc)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "sqlite":
+        path = parsed.path or ":memory:"
+        if parsed.netloc:
+            raise StoreError(f"store URL {url!r}: use sqlite:///ABSOLUTE/PATH (three slashes)")
+        try:
+            connection = sqlite3.connect(path, isolation_level="DEFERRED")
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open SQLite store {path}: {error}") from None
+        return Store(connection, "qmark", _schema("INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT"))
+    if parsed.scheme in ("mysql", "mariadb"):
+        import pymysql
+
+        database = parsed.path.lstrip("/")
+        if not _DB_NAME.fullmatch(database):
+            raise StoreError(f"store URL {url!r}: name a database (letters, digits, '_')")
+        try:
+            connection = pymysql.connect(
+                host=parsed.hostname or "127.0.0.1",
+                port=parsed.port or 3306,
+                user=urllib.parse.unquote(parsed.username or "root"),
+                password=urllib.parse.unquote(parsed.password or ""),
+                autocommit=False,
+                charset="utf8mb4",
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+                cursor.execute(f"USE `{database}`")
+            connection.commit()
+        except pymysql.MySQLError as error:
+            raise StoreError(f"cannot open MariaDB store {url}: {error}") from None
+        return Store(connection, "format", _schema("BIGINT AUTO_INCREMENT PRIMARY KEY", "MEDIUMTEXT"))
+    raise StoreError(f"unknown store URL {url!r}: use sqlite:///PATH or mysql://USER@HOST:PORT/DB")
