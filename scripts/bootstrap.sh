@@ -13,6 +13,7 @@ APT_PACKAGES=(
     qemu-system-x86 qemu-utils        # the QEMU hypervisor driver
     debootstrap extlinux syslinux-common fdisk mtools genisoimage dosfstools  # appliance build
     python3-twisted                   # guest agent tests under the appliance's Python + Twisted 22.4
+    chromium                          # status page tests (headless browser)
 )
 
 log() { printf '[bootstrap] %s\n' "$*"; }
