@@ -120,8 +120,13 @@ class VBoxManageFailed(errors.HypervisorFailure):
         super().__init__(detail)
 
 
-class VirtualizationInUse(errors.NoVirtualization):
-    """VT-x/AMD-V is held by another hypervisor (Hyper-V, KVM): may be free later."""
+class VirtualizationInUse(errors.HypervisorFailure):
+    """VT-x/AMD-V is held by another hypervisor (Hyper-V, KVM): may be free later.
+
+    Not a ``NoVirtualization``: the host has the extensions, so the BOINC client
+    must not be told ``ERR_CPU_VM_EXTENSIONS_DISABLED``; vboxwrapper makes a
+    temporary exit here.
+    """
 
     code = "virtualization_in_use"
     transient = True

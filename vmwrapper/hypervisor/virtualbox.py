@@ -732,6 +732,13 @@ class VirtualBoxDriver(HypervisorDriver):
             vm.last_cpu = max(vm.last_cpu, procinfo.cpu_seconds(vm.pid))
         return defer.succeed(vm.last_cpu)
 
+    def pid(self, name: str) -> int | None:
+        """The VM process id (VBoxHeadless), for BOINC's ``<other_pid>``: the client
+        counts its memory and kills it if the wrapper dies (vboxwrapper reports the
+        same pid). None when the VM is not running."""
+        vm = self._vm(name)
+        return vm.pid if vm.process_alive() else None
+
     def memory_use(self, name: str) -> defer.Deferred[int]:
         vm = self._vm(name)
         return defer.succeed(procinfo.resident_bytes(vm.pid) if vm.process_alive() else 0)

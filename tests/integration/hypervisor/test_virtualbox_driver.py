@@ -114,6 +114,7 @@ def test_checkpoints_keep_one_snapshot_and_restore_continues(vbox):
     assert saved["ticks"] < sample.counter < saved["ticks"] + 20
     assert vbox.call(driver.cpu_time, spec.name) >= 0.0
     assert vbox.call(driver.memory_use, spec.name) > 1 << 20
+    assert fake_vm_pids(spec.vm_dir) == [driver.pid(spec.name)]  # BOINC's <other_pid>
     assert "counter at" in vbox.call(driver.console_log, spec.name)
     vbox.call(driver.destroy, spec.name)
     assert files_under(spec.vm_dir) == []
@@ -172,7 +173,7 @@ def test_stuck_vboxmanage_is_killed_and_reported(vbox):
 @pytest.mark.parametrize(("verr", "error_class", "text"), [
     ("VERR_VMX_MSR_ALL_VMX_DISABLED", errors.NoVirtualization, "ERR_CPU_VM_EXTENSIONS_DISABLED"),
     ("VERR_SVM_DISABLED", errors.NoVirtualization, "ERR_CPU_VM_EXTENSIONS_DISABLED"),
-    ("VERR_VMX_IN_VMX_ROOT_MODE", errors.NoVirtualization, "another hypervisor"),
+    ("VERR_VMX_IN_VMX_ROOT_MODE", errors.HypervisorFailure, "another hypervisor"),
     ("VERR_NO_MEMORY", errors.HypervisorFailure, "out of memory"),
 ])
 def test_power_up_failures_are_typed_and_leave_no_process(vbox, verr, error_class, text):

@@ -58,6 +58,8 @@ def test_verr_names_map_to_typed_errors(text, error_class, transient):
     error = classify(failed(f"VBoxManage: error: {text}\n"), "start VM boinc_x")
     assert type(error) is error_class
     assert error.transient is transient
+    # Only disabled or missing extensions may reach the client as ERR_CPU_VM_EXTENSIONS_...
+    assert isinstance(error, errors.NoVirtualization) == ("NO_VMX" in text or "NO_SVM" in text)
     assert text.split(" (")[0][:30] in str(error)
 
 
@@ -103,3 +105,19 @@ def test_syntax_error_is_not_transient_and_keeps_the_result():
     assert isinstance(error, VBoxManageFailed) and not error.transient
     assert error.result is result
     assert "--lpt1" in str(error)
+
+
+@pytest.mark.parametrize(("text", "temporary", "marker"), [
+    ("VT-x is disabled in the BIOS for all CPU modes (VERR_VMX_MSR_ALL_VMX_DISABLED)", False,
+     True),
+    ("VT-x is being used by another hypervisor (VERR_VMX_IN_VMX_ROOT_MODE)", True, False),
+    ("NAT#0: configuration error (VERR_NAT_REDIR_SETUP)", True, False),
+])
+def test_the_wrapper_turns_them_into_the_right_boinc_ending(text, temporary, marker):
+    # vboxwrapper.md 1.11: disabled extensions finish and tell the client; another
+    # hypervisor holding VT-x, or a taken port, is a temporary exit.
+    from vmwrapper.wrapper.outcome import Ending, outcome_for_error
+
+    outcome = outcome_for_error(classify(failed(f"VBoxManage: error: {text}\n"), "start VM"))
+    assert (outcome.ending is Ending.TEMPORARY) is temporary
+    assert ("ERR_CPU_VM_EXTENSIONS_DISABLED" in outcome.message) is marker
