@@ -203,6 +203,9 @@ class VirtualBoxDriver(HypervisorDriver):
             # 7.0 split --audio into --audio-driver and --audio-enabled.
             "audio_off": ["--audio-enabled", "off"] if version.at_least(7)
             else ["--audio", "none"],
+            # 6.1 renamed --clipboard to --clipboard-mode.
+            "clipboard_off": ["--clipboard-mode", "disabled"] if version.at_least(6, 1)
+            else ["--clipboard", "disabled"],
             # 7.0 added --delete-all (also removes DVD/floppy images attached only here);
             # the driver detaches the caller's media first, so --delete is enough on both.
             "unregister": ["--delete"],
@@ -358,7 +361,7 @@ class VirtualBoxDriver(HypervisorDriver):
         # Optional knobs: a VirtualBox without one of them still runs the job
         # (BOINC/boinc#1501: "Unknown option: --lpt1" failed 7 % of tasks).
         # One call for all of them; one call each only when that fails.
-        knobs = [["--usb", "off"], options["audio_off"], ["--clipboard", "disabled"],
+        knobs = [["--usb", "off"], options["audio_off"], options["clipboard_off"],
                  ["--draganddrop", "disabled"]]
         if vm.options.vm_graphics_controller_type:
             knobs.append(["--graphicscontroller", vm.options.vm_graphics_controller_type])

@@ -149,10 +149,10 @@ def test_optional_knobs_fall_back_to_one_call_each(spec):
     driver.runner.run = run
     create(driver, spec)
     optional = [c[2:] for c in driver.runner.commands("modifyvm")[1:]]
-    assert optional[0] == ("--usb", "off", "--audio-enabled", "off", "--clipboard", "disabled",
-                           "--draganddrop", "disabled")
+    assert optional[0] == ("--usb", "off", "--audio-enabled", "off", "--clipboard-mode",
+                           "disabled", "--draganddrop", "disabled")
     assert optional[1:] == [("--usb", "off"), ("--audio-enabled", "off"),
-                            ("--clipboard", "disabled"), ("--draganddrop", "disabled")]
+                            ("--clipboard-mode", "disabled"), ("--draganddrop", "disabled")]
 
 
 def test_network_off_means_no_nic_and_no_forwards(spec, tmp_path):
