@@ -534,6 +534,18 @@ class RequestTracker:
         self._pending[seq] = (deferred, key)
         return seq, deferred
 
+    def adopt(self, seq: int, key: str | None = None) -> defer.Deferred[Any]:
+        """Wait for the answer to request ``seq`` sent by an earlier tracker.
+
+        For a host that restarted (or a VM restored from a snapshot) while a
+        request was running: its answer will still arrive under the old id.
+        """
+        if seq in self._pending:
+            raise ValueError(f"request {seq} is already pending")
+        deferred: defer.Deferred[Any] = defer.Deferred()
+        self._pending[seq] = (deferred, key)
+        return deferred
+
     def reserve(self) -> int:
         """A fresh id for a request answered outside the tracker (file transfers)."""
         return next(self._ids)

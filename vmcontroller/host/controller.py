@@ -180,6 +180,7 @@ class HostController:
         self.senders: dict[str, TransferSender] = {}
         self.receivers: dict[str, TransferReceiver] = {}
         self._transfer_requests: dict[int, str] = {}  # put/get seq -> transfer id
+        self._held: set[str] = set()  # VMs whose liveness is on hold
         self._connected = False
 
     # --- life cycle -------------------------------------------------------------
@@ -294,6 +295,34 @@ class HostController:
         result.addBoth(_pass_after, self._outputs.pop, seq, None)
         self._send(vm_id, Run(seq, argv, shell, env, cwd, timeout, stdin))
         return result
+
+    def adopt_run(
+        self, vm_id: str, seq: int, on_output: OutputCallback | None = None
+    ) -> defer.Deferred[ExitResult]:
+        """Wait for the output and exit of run ``seq``, started by an earlier host.
+
+        After the wrapper restarts, or restores a VM whose agent was running
+        a command, the agent still reports under the old ``seq``.
+        """
+        self.watch(vm_id)
+        deferred = self._requests.adopt(seq, vm_id)
+        if on_output is not None:
+            self._outputs[seq] = on_output
+        return deferred.addBoth(_pass_after, self._outputs.pop, seq, None)
+
+    def hold_liveness(self, vm_id: str) -> None:
+        """Do not declare ``vm_id`` lost until :meth:`release_liveness` (it is paused on purpose)."""
+        self._held.add(vm_id)
+        status = self.vms.get(vm_id)
+        if status is not None:
+            self._cancel_deadline(status)
+
+    def release_liveness(self, vm_id: str) -> None:
+        """Expect ``vm_id``'s heartbeats again, counting from now."""
+        self._held.discard(vm_id)
+        status = self.vms.get(vm_id)
+        if status is not None and status.alive and self._connected:
+            self._arm_deadline(status)
 
     def kill(self, vm_id: str, target: int, signal: int = 15) -> defer.Deferred[Ok]:
         """Signal the process group of the run whose ``seq`` is ``target``."""
@@ -462,6 +491,8 @@ class HostController:
             self._arm_deadline(status)
 
     def _arm_deadline(self, status: VMStatus) -> None:
+        if status.vm_id in self._held:
+            return
         delay = (self.missed_heartbeats + 0.5) * status.heartbeat_interval
         if status._deadline is not None and status._deadline.active():
             status._deadline.reset(delay)  # cheaper than cancel + a new call, every message

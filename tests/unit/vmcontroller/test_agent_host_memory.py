@@ -319,3 +319,25 @@ def test_host_ignores_messages_forged_by_another_login(tmp_path):
     pinged = world.host.ping(VM)  # the real VM's replies still count
     world.settle()
     assert result_of(pinged) == 0.0
+
+
+def test_a_new_host_adopts_a_run_started_by_an_earlier_one(world):
+    from vmcontroller.protocol import Exit, Output
+
+    out = []
+    adopted = world.host.adopt_run(VM, 77, on_output=lambda s, d: out.append(d))
+    world.agent.reply(Output(77, "stdout"), b"still here\n")
+    world.agent.reply(Exit(77, 0, None, {}, 1.0))
+    world.settle()
+    assert result_of(adopted).code == 0 and out == [b"still here\n"]
+
+
+def test_liveness_on_hold_while_paused(world):
+    result_of(world.host.wait_for_hello(VM, timeout=5))
+    world.host.hold_liveness(VM)
+    world.agent._heartbeat_call.cancel()
+    world.settle(10.0)
+    assert world.lost == []
+    world.host.release_liveness(VM)
+    world.settle(2.6)
+    assert world.lost == [VM]
