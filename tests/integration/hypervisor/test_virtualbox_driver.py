@@ -126,7 +126,7 @@ def test_checkpoints_keep_one_snapshot_and_restore_continues(vbox):
 
 
 def test_session_lock_is_retried_with_backoff(vbox):
-    driver = vbox.driver()
+    driver = vbox.driver(retry_delay=0.1)
     spec = vbox.spec()
     vbox.call(driver.create, spec)
     vbox.call(driver.start, spec.name)
@@ -137,7 +137,7 @@ def test_session_lock_is_retried_with_backoff(vbox):
     pauses = [c for c in vbox.calls() if c["argv"][1:2] == ["controlvm"] and "pause" in c["argv"]]
     assert [c["status"] for c in pauses] == [1, 1, 1, 0]
     gaps = [b["time"] - a["time"] for a, b in zip(pauses, pauses[1:], strict=False)]
-    assert gaps[2] > gaps[0]  # 0.05, 0.1, 0.2 s: the pause doubles
+    assert gaps[2] > gaps[0] + 0.1  # 0.1, 0.2, 0.4 s: the pause doubles
     vbox.call(driver.destroy, spec.name)
 
 
