@@ -1,0 +1,310 @@
+"""Pilot mode: a guest asks the job manager for work, runs it, returns the outputs.
+
+One loop, until the volunteer's time slice ends (``until``) or :meth:`Pilot.stop`:
+
+1. ``want_job`` with the capabilities (``max_run_time`` shrinks to what is
+   left of the slice, so a job is never started that cannot finish);
+   ``no_job`` means wait ``retry_after``; silence means ask again later.
+2. ``offer`` -> ``accept`` -> ``accepted``: the lease is ours.
+3. Fetch the inputs over HTTP (sha256 checked), run the command in its own
+   process group (killed after ``max_run_time``) with ``stdout.log`` and
+   ``stderr.log`` in the job's directory, and send a heartbeat every
+   ``heartbeat_interval``.  An ``abort`` (lease gone, job cancelled) kills
+   the command and drops the attempt.
+4. Upload the files matching the output patterns plus both logs, each with
+   its sha256; then ``done`` until ``done_ack`` or ``rejected``.
+
+For the wrapper: :attr:`Pilot.cpu_time` sums the user+system CPU seconds of
+every job run, for trickle credit; :meth:`Pilot.run` fires with a summary
+when the loop ends.  Only the standard library, Twisted and vmcontroller's
+guest modules: this runs inside the appliance.
+"""
+
+# -*- test-case-name: tests.integration.copilot.test_copilot -*-
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import signal
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet import defer, task, threads
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from vmcontroller.copilot import messages
+from vmcontroller.copilot.spec import Capabilities, check_file_name
+from vmcontroller.copilot.storage import sha256_file
+from vmcontroller.copilot.transfer_http import TransferRefused, download, upload
+from vmcontroller.destinations import PRESENCE, to_guest, validate_vm_id
+from vmcontroller.guest.paths import PathRefused, confine
+from vmcontroller.guest.process import RunningCommand
+from vmcontroller.stomp.client import NotConnectedError, StompSession
+from vmcontroller.stomp.codec import Frame
+
+__all__ = ["Pilot"]
+
+log = Logger()
+
+#: The logs every attempt returns, whatever its output patterns.
+LOG_FILES = ("stdout.log", "stderr.log")
+#: Bytes of each log's end sent with ``done`` (``copilot logs`` shows them).
+TAIL_BYTES = 16 * 1024
+
+
+class _LeaseLost(Exception):
+    """The manager took the lease back (abort or rejection)."""
+
+
+class Pilot:
+    """The agent side of Co-Pilot for one VM.
+
+    :param until: clock time at which the time slice ends (None: no end).
+    :param request_timeout: seconds to wait for an answer before asking again.
+    :param exit_when_idle: end the loop after this many seconds without a job.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        session: StompSession,
+        agent_id: str,
+        work_dir: str,
+        capabilities: Capabilities,
+        until: float | None = None,
+        request_timeout: float = 10.0,
+        exit_when_idle: float | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock: IReactorTime = clock or reactor
+        self.session = session
+        self.agent_id = validate_vm_id(agent_id)
+        self.work_dir = os.path.abspath(work_dir)
+        self.capabilities = capabilities
+        self.until = until
+        self.request_timeout = request_timeout
+        self.exit_when_idle = exit_when_idle
+        self.cpu_time = 0.0
+        self.jobs_run = 0
+        self._seq = 0
+        self._stopping = False
+        self._waiters: dict[tuple[str, Any], defer.Deferred[dict[str, Any]]] = {}
+        self._aborted: set[str] = set()
+        self._command: RunningCommand | None = None
+        self._command_lease: str | None = None
+        os.makedirs(self.work_dir, exist_ok=True)
+        session.subscribe(to_guest(self.agent_id), self._on_frame)
+
+    # --- messages --------------------------------------------------------------------
+
+    def _send(self, kind: str, **fields: Any) -> None:
+        self.session.send(PRESENCE, messages.encode(kind, **fields))
+
+    def _on_frame(self, frame: Frame) -> None:
+        try:
+            message = messages.decode(frame.body)
+        except messages.MessageError as error:
+            log.warn("bad message from the manager: {error}", error=error)
+            return
+        kind = message["type"]
+        if kind == "abort":
+            self._abort(message["lease_id"], message["reason"])
+            return
+        key = ("seq", message["seq"]) if "seq" in message else ("lease", message["lease_id"])
+        waiter = self._waiters.pop(key, None)
+        if waiter is not None:
+            waiter.callback(message)
+
+    def _ask(self, key: tuple[str, Any], kind: str, **fields: Any) -> defer.Deferred[dict[str, Any]]:
+        """Send a message and wait up to ``request_timeout`` for the answer keyed ``key``."""
+        waiter: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self._waiters[key] = waiter
+        try:
+            self._send(kind, **fields)
+        except NotConnectedError:
+            pass  # the timeout below retries
+        timer = self.clock.callLater(self.request_timeout, self._expire_waiter, key, waiter)
+        waiter.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return waiter
+
+    def _expire_waiter(self, key: tuple[str, Any], waiter: defer.Deferred[Any]) -> None:
+        if self._waiters.get(key) is waiter:
+            del self._waiters[key]
+            waiter.callback(None)
+
+    def _abort(self, lease_id: str, reason: str) -> None:
+        log.warn("lease {lease} taken back: {reason}", lease=lease_id, reason=reason)
+        self._aborted.add(lease_id)
+        if self._command is not None and self._command_lease == lease_id:
+            self._command.kill(signal.SIGKILL)
+
+    # --- the loop --------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the current job, then leave the loop."""
+        self._stopping = True
+
+    def _remaining(self) -> float | None:
+        return None if self.until is None else self.until - self.clock.seconds()
+
+    @defer.inlineCallbacks
+    def run(self) -> Any:
+        """The pilot loop; fires with ``{"jobs_run", "cpu_time"}`` when it ends."""
+        yield self.session.when_connected()
+        idle_since = self.clock.seconds()
+        while not self._stopping:
+            remaining = self._remaining()
+            if remaining is not None and remaining < 1.0:
+                log.info("time slice over")
+                break
+            caps = self.capabilities
+            if remaining is not None:
+                caps = replace(caps, max_run_time=min(caps.max_run_time, remaining))
+            self._seq += 1
+            answer = yield self._ask(
+                ("seq", self._seq), "want_job", seq=self._seq, capabilities=caps.to_dict()
+            )
+            if answer is not None and answer["type"] == "offer":
+                yield self._take(answer)
+                idle_since = self.clock.seconds()
+                continue
+            idle = self.clock.seconds() - idle_since
+            if self.exit_when_idle is not None and idle >= self.exit_when_idle:
+                log.info("no job for {idle:.0f} s: leaving", idle=idle)
+                break
+            if answer is not None:
+                yield task.deferLater(self.clock, min(float(answer["retry_after"]), 30.0))
+        return {"jobs_run": self.jobs_run, "cpu_time": self.cpu_time}
+
+    @defer.inlineCallbacks
+    def _take(self, offer: dict[str, Any]) -> Any:
+        job_id, lease_id = offer["job_id"], offer["lease_id"]
+        reply = yield self._ask(("lease", lease_id), "accept", job_id=job_id, lease_id=lease_id)
+        if reply is None or reply["type"] != "accepted":
+            log.info("offer of {job} lost: {reply}", job=job_id, reply=reply and reply.get("reason"))
+            return
+        job_dir = os.path.join(self.work_dir, f"job-{job_id}-{lease_id[:8]}")
+        os.makedirs(job_dir, exist_ok=True)
+        beat = task.LoopingCall(self._heartbeat, job_id, lease_id)
+        beat.clock = self.clock
+        beat.start(float(offer["heartbeat_interval"]), now=False)
+        try:
+            yield self._fetch_inputs(offer, job_dir)
+            result = yield self._execute(offer, job_dir)
+            if lease_id in self._aborted:
+                raise _LeaseLost("aborted while running")
+            outputs = yield self._upload_outputs(offer, job_dir)
+        except (_LeaseLost, TransferRefused) as error:
+            log.warn("attempt at {job} dropped: {error}", job=job_id, error=error)
+            return
+        except Exception as error:  # a pilot-side failure: report it, the job may rerun elsewhere
+            log.failure("attempt at {job} failed in the pilot", job=job_id)
+            result, outputs = {"exit_code": None, "error": f"pilot error: {error}"}, {}
+        finally:
+            if beat.running:
+                beat.stop()
+            self._aborted.discard(lease_id)
+        yield self._report(job_id, lease_id, result, outputs)
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _heartbeat(self, job_id: str, lease_id: str) -> None:
+        try:
+            self._send("heartbeat", job_id=job_id, lease_id=lease_id)
+        except NotConnectedError:
+            log.warn("broker down: heartbeat for {job} not sent", job=job_id)
+
+    @defer.inlineCallbacks
+    def _fetch_inputs(self, offer: dict[str, Any], job_dir: str) -> Any:
+        for item in offer["inputs"]:
+            name = check_file_name(item.get("name"), "input name")
+            target = confine(job_dir, name)
+            yield threads.deferToThread(
+                download, offer["http_url"], offer["lease_token"], name, target, item["sha256"]
+            )
+
+    @defer.inlineCallbacks
+    def _execute(self, offer: dict[str, Any], job_dir: str) -> Any:
+        job = offer["job"]
+        argv = list(job["argv"]) if job.get("argv") else ["/bin/sh", "-c", job["shell"]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
+        env.update(job.get("env") or {})
+        env.update(COPILOT_JOB_ID=offer["job_id"], HOME=job_dir)
+        logs = {name: open(os.path.join(job_dir, f"{name}.log"), "wb") for name in ("stdout", "stderr")}
+        try:
+            command = RunningCommand(
+                self.reactor, argv, lambda stream, data: logs[stream].write(data),
+                cwd=job_dir, env=env, timeout=float(job["max_run_time"]), clock=self.clock,
+            )  # fmt: skip
+        except OSError as error:
+            for handle in logs.values():
+                handle.close()
+            return {"exit_code": None, "error": f"cannot start {argv[0]}: {error}"}
+        self._command, self._command_lease = command, offer["lease_id"]
+        try:
+            outcome = yield command.finished
+        finally:
+            self._command = self._command_lease = None
+            for handle in logs.values():
+                handle.close()
+        cpu = outcome.rusage.get("ru_utime", 0.0) + outcome.rusage.get("ru_stime", 0.0)
+        self.cpu_time += cpu
+        self.jobs_run += 1
+        return {
+            "exit_code": outcome.code,
+            "signal": outcome.signal,
+            "timed_out": outcome.timed_out,
+            "wall_time": outcome.wall_time,
+            "cpu_time": cpu,
+            "agent": self.agent_id,
+            "stdout_tail": _tail(os.path.join(job_dir, "stdout.log")),
+            "stderr_tail": _tail(os.path.join(job_dir, "stderr.log")),
+        }
+
+    @defer.inlineCallbacks
+    def _upload_outputs(self, offer: dict[str, Any], job_dir: str) -> Any:
+        names = set(LOG_FILES)
+        for entry in os.listdir(job_dir):
+            if any(fnmatch.fnmatchcase(entry, p) for p in offer["job"]["outputs"]):
+                names.add(entry)
+        outputs = {}
+        for name in sorted(names):
+            try:
+                check_file_name(name, "output name")
+                path = confine(job_dir, name)
+            except (ValueError, PathRefused) as error:
+                log.warn("output {name} skipped: {error}", name=name, error=error)
+                continue
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            digest = yield threads.deferToThread(sha256_file, path)
+            info = yield threads.deferToThread(
+                upload, offer["http_url"], offer["lease_token"], name, path, digest
+            )
+            outputs[name] = {"size": info["size"], "sha256": info["sha256"]}
+        return outputs
+
+    @defer.inlineCallbacks
+    def _report(self, job_id: str, lease_id: str, result: dict[str, Any], outputs: dict) -> Any:
+        for _ in range(12):
+            reply = yield self._ask(
+                ("lease", lease_id), "done", job_id=job_id, lease_id=lease_id,
+                result=result, outputs=outputs,
+            )  # fmt: skip
+            if reply is not None:
+                log.info("job {job}: {answer}", job=job_id, answer=reply["type"])
+                return reply["type"]
+        log.warn("job {job}: no answer to done; the lease will expire", job=job_id)
+        return None
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - TAIL_BYTES))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
