@@ -288,11 +288,15 @@ class FakeVBoxManage(MediaCommands, SnapshotCommands):
                             "locked", VBOX_E_INVALID_OBJECT_STATE, "MachineWrap", "IMachine",
                             "Unregister(CleanupMode_DetachAllReturnHardDisksOnly, ...)")
         del self.store.registry["machines"][machine["uuid"]]
+        if not delete:
+            # Only forgotten: the settings file keeps its attachments and snapshots, so
+            # "registervm" brings the VM back as it was (vboxwrapper: register_vm). The
+            # fake keeps its media in the global list meanwhile.
+            return
         attached = [a for a in machine["attachments"].values() if a.get("medium")]
         chain = self._chain_media(machine)
         machine["attachments"] = {}
-        if delete:
-            self._delete_machine_files(machine, attached, delete_all)
+        self._delete_machine_files(machine, attached, delete_all)
         # Media opened through this VM live in its media registry (VirtualBox 4.0+):
         # they leave the global list with it unless another VM still uses them.
         for medium_uuid in chain:

@@ -370,3 +370,26 @@ def test_remote_desktop_with_the_extension_pack(vbox):
     assert address and address.startswith("127.0.0.1:")
     assert all(c["status"] == 0 for c in vbox.calls() if "modifyvm" in c["argv"])
     vbox.call(driver.destroy, spec.name)
+
+
+def test_a_vm_virtualbox_forgot_is_registered_again_with_its_snapshot(vbox):
+    first = vbox.driver()
+    spec = vbox.spec()
+    vbox.call(first.create, spec)
+    vbox.call(first.start, spec.name)
+    vbox.call(first.save_checkpoint, spec.name)
+    vbox.call(first.power_off, spec.name)
+    name = vbox_vm_name(spec.name)
+    # VirtualBox's registry lost the VM (reinstalled, new VBOX_USER_HOME...): the
+    # slot still has its settings file, disks and snapshot (vboxwrapper: register_vm).
+    subprocess.run([str(FAKE_VBOXMANAGE), "-q", "unregistervm", name], check=True,
+                   env={"VBOX_USER_HOME": str(vbox.home)})
+    assert name not in vbox.registered()
+    second = vbox.driver()
+    vbox.call(second.create, spec)
+    assert name in vbox.registered()
+    assert vbox.call(second.has_checkpoint, spec.name)
+    vbox.call(second.restore_checkpoint, spec.name)
+    assert vbox.call(second.state, spec.name) is VMState.RUNNING
+    vbox.call(second.destroy, spec.name)
+    assert files_under(spec.vm_dir) == []
