@@ -393,3 +393,23 @@ def test_a_vm_virtualbox_forgot_is_registered_again_with_its_snapshot(vbox):
     assert vbox.call(second.state, spec.name) is VMState.RUNNING
     vbox.call(second.destroy, spec.name)
     assert files_under(spec.vm_dir) == []
+
+
+def test_failed_snapshot_keeps_the_previous_one_and_the_vm_running(vbox):
+    driver = vbox.driver()
+    spec = vbox.spec()
+    vbox.call(driver.create, spec)
+    vbox.call(driver.start, spec.name)
+    first = vbox.call(driver.save_checkpoint, spec.name)
+    snapshots = spec.vm_dir / vbox_vm_name(spec.name) / "Snapshots"
+    before = sorted(p.name for p in snapshots.iterdir())
+    vbox.faults({"command": "snapshot", "contains": "take", "fault": "invalid_vm_state",
+                 "times": 1})
+    with pytest.raises(errors.CheckpointFailed, match="snapshot of VM") as caught:
+        vbox.call(driver.save_checkpoint, spec.name)
+    assert caught.value.transient  # the wrapper exits temporarily, for minutes
+    assert sorted(p.name for p in snapshots.iterdir()) == before
+    assert vbox.call(driver.state, spec.name) is VMState.RUNNING  # resumed after the pause
+    assert vbox.call(driver.has_checkpoint, spec.name)
+    assert vbox.call(driver.save_checkpoint, spec.name).name != first.name
+    vbox.call(driver.destroy, spec.name)
