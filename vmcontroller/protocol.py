@@ -220,12 +220,17 @@ class Run(Message):
 
 @dataclass
 class Output(Message):
-    """Agent -> host: a batch of a command's stdout or stderr (the payload)."""
+    """Agent -> host: a batch of a command's stdout or stderr (the payload).
+
+    ``index`` counts a run's batches from 1 (both streams together), so the
+    host can drop a batch that a reconnect made the agent send twice.
+    """
 
     TYPE: ClassVar[str] = "output"
     HAS_PAYLOAD: ClassVar[bool] = True
     re: int
     stream: str
+    index: int = 0
 
 
 @dataclass

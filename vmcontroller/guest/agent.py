@@ -9,9 +9,11 @@ the hello's ``capabilities``), so adding a command is adding a method.
   (``client-individual``), so a request that arrived just before the
   connection died is redelivered, and ``run``/``kill`` requests seen before
   (same ``seq``) are ignored instead of run twice.
-* Replies produced while the broker is unreachable (a command's output and
-  exit status) wait in a bounded outbox and go out on reconnect; transfer
-  messages are not queued (the transfer resynchronises instead).
+* Replies (a command's output and exit status, answers) are kept in a
+  bounded outbox until the broker confirms them with a RECEIPT, and are sent
+  again after a reconnect: a reply written into a connection that was
+  already dead (VM restored from a snapshot) is not lost.  Transfer messages
+  are not kept (the transfer resynchronises instead).
 * Commands run concurrently, each in its own process group
   (:mod:`vmcontroller.guest.process`), their output batched
   (:mod:`vmcontroller.guest.output`).
@@ -27,12 +29,13 @@ Debian's python3-twisted and nothing else).
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import platform
 import shlex
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -82,10 +85,24 @@ log = Logger()
 
 #: Most request ids remembered to drop redelivered duplicates.
 _SEEN_LIMIT = 4096
-#: Most bytes of replies held while the broker is unreachable.
+#: Most bytes of replies held until the broker confirms them.
 _OUTBOX_LIMIT = 64 * 1024 * 1024
 #: Seconds a finished transfer is remembered, to re-answer a repeated end.
 _FINISHED_MEMORY = 600.0
+
+
+class _Reply:
+    """One reply on its way to the host."""
+
+    __slots__ = ("body", "confirmed")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.confirmed = False
+
+
+def _ignore(failure: Any) -> None:
+    """A receipt lost with its connection: the reply is resent on the next one."""
 
 
 class Agent:
@@ -135,7 +152,10 @@ class Agent:
         self._reply_to = to_host(config.vm_id)
         self.commands: dict[int, RunningCommand] = {}
         self._seen: collections.OrderedDict[int, None] = collections.OrderedDict()
-        self._outbox: collections.deque[bytes] = collections.deque()
+        # Replies not yet sent on the current connection, and replies sent but
+        # not yet confirmed by a broker RECEIPT (resent after a reconnect).
+        self._unsent: collections.deque[_Reply] = collections.deque()
+        self._unconfirmed: collections.deque[_Reply] = collections.deque()
         self._outbox_bytes = 0
         self.receivers: dict[str, TransferReceiver] = {}
         self.senders: dict[str, TransferSender] = {}
@@ -148,7 +168,7 @@ class Agent:
         """Subscribe, start heartbeats and connect (returns at once)."""
         os.makedirs(self.work_dir, exist_ok=True)
         self.session.subscribe(to_guest(self.agent_id), self._on_frame, ack="client-individual")
-        self.session.add_listener(on_connect=self._connected)
+        self.session.add_listener(on_connect=self._connected, on_disconnect=self._disconnected)
         self._heartbeat_call = self.clock.callLater(self.config.heartbeat_interval, self._heartbeat)
         self.session.start()
 
@@ -169,14 +189,16 @@ class Agent:
     def _connected(self, protocol: Any) -> None:
         log.info("connected to the broker as {vm}", vm=self.agent_id)
         self._broadcast(self._hello())
-        while self._outbox and self.session.is_connected:
-            try:
-                self.session.send(self._reply_to, self._outbox[0])
-            except ConnectionError:
-                break  # gone again: the next connection sends the rest
-            self._outbox_bytes -= len(self._outbox.popleft())
+        self._flush_replies()
         for sender in list(self.senders.values()):
             sender.resync()
+
+    def _disconnected(self, reason: Any) -> None:
+        # Whatever was not confirmed may have died with the connection: resend
+        # it first, in the original order, on the next one.
+        unconfirmed = [reply for reply in self._unconfirmed if not reply.confirmed]
+        self._unconfirmed.clear()
+        self._unsent.extendleft(reversed(unconfirmed))
 
     def _hello(self) -> Hello:
         return Hello(
@@ -220,19 +242,35 @@ class Agent:
             pass
 
     def reply(self, message: Message, payload: bytes = b"") -> None:
-        """Send to the host; held in the outbox while the broker is unreachable."""
+        """Send to the host, and keep it until the broker confirms it.
+
+        A reply written into a connection that turns out to be dead (the VM
+        was restored from a snapshot, the broker froze) is sent again on the
+        next connection; the host drops the duplicates that this can cause.
+        """
         body = encode(message, payload)
-        if self.session.is_connected and not self._outbox:
-            try:
-                self.session.send(self._reply_to, body)
-                return
-            except ConnectionError:
-                pass
         if self._outbox_bytes + len(body) > _OUTBOX_LIMIT and isinstance(message, Output):
             log.warn("outbox full: dropping {n} bytes of output", n=len(payload))
             return
-        self._outbox.append(body)
+        self._unsent.append(_Reply(body))
         self._outbox_bytes += len(body)
+        self._flush_replies()
+
+    def _flush_replies(self) -> None:
+        while self._unsent and self.session.is_connected:
+            reply = self._unsent[0]
+            try:
+                confirmed = self.session.send(self._reply_to, reply.body, receipt=True)
+            except ConnectionError:
+                return  # gone again: the next connection sends the rest
+            self._unsent.popleft()
+            self._unconfirmed.append(reply)
+            confirmed.addCallbacks(self._reply_confirmed, _ignore, callbackArgs=(reply,))
+
+    def _reply_confirmed(self, _: Any, reply: _Reply) -> None:
+        reply.confirmed = True
+        while self._unconfirmed and self._unconfirmed[0].confirmed:
+            self._outbox_bytes -= len(self._unconfirmed.popleft().body)
 
     def _send_transfer(self, message: Message, payload: bytes = b"") -> None:
         """Transfer traffic: never queued (the transfer resyncs after a reconnect)."""
@@ -316,10 +354,11 @@ class Agent:
         argv = message.argv if message.argv is not None else ["/bin/sh", "-c", message.shell]
         env = dict(os.environ)
         env.update(message.env or {})
+        batch_numbers = itertools.count(1)
         batchers = {
             stream: OutputBatcher(
                 self.clock,
-                self._output_sender(seq, stream),
+                self._output_sender(seq, stream, batch_numbers),
                 self.output_max_bytes,
                 self.output_max_delay,
             )
@@ -346,8 +385,10 @@ class Agent:
         log.info("run {seq}: {argv} (pid {pid})", seq=seq, argv=shlex.join(argv), pid=command.pid)
         command.finished.addCallback(self._command_finished, seq, batchers)
 
-    def _output_sender(self, seq: int, stream: str) -> Callable[[bytes], None]:
-        return lambda data: self.reply(Output(seq, stream), data)
+    def _output_sender(
+        self, seq: int, stream: str, numbers: Iterator[int]
+    ) -> Callable[[bytes], None]:
+        return lambda data: self.reply(Output(seq, stream, next(numbers)), data)
 
     def _command_finished(
         self, result: CommandResult, seq: int, batchers: dict[str, OutputBatcher]

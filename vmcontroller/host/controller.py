@@ -173,6 +173,7 @@ class HostController:
         self._watched: set[str] = set()
         self._requests = RequestTracker(first_seq or random.randrange(1, 2**40))
         self._outputs: dict[int, OutputCallback] = {}
+        self._output_seen: dict[int, int] = {}  # run seq -> last output batch index
         self._hello_waiters: dict[str, list[defer.Deferred[Hello]]] = {}
         self._lost_listeners: list[Callable[[str], None]] = []
         self._hello_listeners: list[Callable[[str, Hello], None]] = []
@@ -292,7 +293,7 @@ class HostController:
         deferred.chainDeferred(result)
         if on_output is not None:
             self._outputs[seq] = on_output
-        result.addBoth(_pass_after, self._outputs.pop, seq, None)
+        result.addBoth(_pass_after, self._forget_outputs, seq)
         self._send(vm_id, Run(seq, argv, shell, env, cwd, timeout, stdin))
         return result
 
@@ -308,7 +309,7 @@ class HostController:
         deferred = self._requests.adopt(seq, vm_id)
         if on_output is not None:
             self._outputs[seq] = on_output
-        return deferred.addBoth(_pass_after, self._outputs.pop, seq, None)
+        return deferred.addBoth(_pass_after, self._forget_outputs, seq)
 
     def hold_liveness(self, vm_id: str) -> None:
         """Do not declare ``vm_id`` lost until :meth:`release_liveness` (it is paused on purpose)."""
@@ -413,6 +414,10 @@ class HostController:
                 self._requests.reject(seq, ConnectionLostError(str(problem)))
             if isinstance(message, (Data, DataEnd, DataAck, DataSync)):
                 raise  # the transfer notices and resyncs later
+
+    def _forget_outputs(self, seq: int) -> None:
+        self._outputs.pop(seq, None)
+        self._output_seen.pop(seq, None)
 
     def _forget_transfer(self, tid: str, seq: int) -> None:
         self.senders.pop(tid, None)
@@ -564,8 +569,13 @@ class HostController:
 
     def _on_output(self, vm_id: str, message: Output, payload: bytes) -> None:
         callback = self._outputs.get(message.re)
-        if callback is not None:
-            callback(message.stream, bytes(payload))
+        if callback is None:
+            return
+        if message.index:
+            if message.index <= self._output_seen.get(message.re, 0):
+                return  # sent again after a reconnect: already delivered
+            self._output_seen[message.re] = message.index
+        callback(message.stream, bytes(payload))
 
     def _on_exit(self, vm_id: str, message: Exit, payload: bytes) -> None:
         self._requests.resolve(

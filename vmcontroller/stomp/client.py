@@ -135,6 +135,8 @@ class StompClientProtocol(Protocol):
         self._send_timer: Any = None
         self._recv_timer: Any = None
         self._lost = False
+        self._receipt_ids = itertools.count(1)
+        self._receipts: dict[str, defer.Deferred[None]] = {}
 
     # --- connection life -----------------------------------------------------
 
@@ -174,6 +176,9 @@ class StompClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._lost = True
+        receipts, self._receipts = self._receipts, {}
+        for confirmed in receipts.values():
+            confirmed.errback(Failure(ConnectionError("connection lost before the receipt")))
         self.is_connected = False
         for timer in (self._send_timer, self._recv_timer):
             if timer is not None and timer.active():
@@ -212,7 +217,9 @@ class StompClientProtocol(Protocol):
                 self.handshake.errback(Failure(StompError(f"broker refused: {message}")))
             self.transport.loseConnection()
         elif command == "RECEIPT":
-            pass
+            confirmed = self._receipts.pop(frame.headers.get("receipt-id", ""), None)
+            if confirmed is not None:
+                confirmed.callback(None)
         else:
             log.warn("unexpected {command} frame from the broker", command=command)
 
@@ -294,12 +301,22 @@ class StompClientProtocol(Protocol):
         self._handlers.pop(sub_id, None)
         self._write(Frame("UNSUBSCRIBE", {"id": sub_id}))
 
-    def send(self, destination: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+    def send(
+        self,
+        destination: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        receipt: bool = False,
+    ) -> defer.Deferred[None] | None:
         """SEND ``body`` to ``destination`` (content-length is always set).
 
         Every frame claims ``user-id: <our login>``: RabbitMQ passes it on only
         when the sender sets it (and refuses a false one), the embedded broker
         stamps it anyway, so receivers can always tell which login sent what.
+
+        With ``receipt``, returns a Deferred that fires when the broker
+        confirms the frame, or errbacks if the connection ends first: the
+        only proof a frame did not vanish into a dead connection.
         """
         frame_headers = {
             "destination": destination,
@@ -307,7 +324,14 @@ class StompClientProtocol(Protocol):
             "user-id": self.config.login,
         }
         frame_headers.update(headers or {})
+        confirmed: defer.Deferred[None] | None = None
+        if receipt:
+            receipt_id = f"r-{next(self._receipt_ids)}"
+            frame_headers["receipt"] = receipt_id
+            confirmed = defer.Deferred()
+            self._receipts[receipt_id] = confirmed
         self._write(Frame("SEND", frame_headers, body))
+        return confirmed
 
     def ack(self, frame: Frame) -> None:
         """Acknowledge a MESSAGE received on a client-ack subscription."""
@@ -399,11 +423,20 @@ class StompSession:
         if self.protocol is not None:
             self.protocol.subscribe(sub.destination, sub.handler, sub.ack, sub.headers)
 
-    def send(self, destination: str, body: bytes, headers: dict[str, str] | None = None) -> None:
-        """Send one frame; :class:`NotConnectedError` when the connection is down."""
+    def send(
+        self,
+        destination: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        receipt: bool = False,
+    ) -> defer.Deferred[None] | None:
+        """Send one frame; :class:`NotConnectedError` when the connection is down.
+
+        ``receipt``: see :meth:`StompClientProtocol.send`.
+        """
         if self.protocol is None:
             raise NotConnectedError(f"not connected to the broker; cannot send to {destination}")
-        self.protocol.send(destination, body, headers)
+        return self.protocol.send(destination, body, headers, receipt)
 
     @property
     def is_connected(self) -> bool:

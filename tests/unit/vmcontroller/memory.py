@@ -32,6 +32,7 @@ class MemorySession:
         self._on_connect: list[Callable[[Any], None]] = []
         self._on_disconnect: list[Callable[[Failure], None]] = []
         self.sent: list[tuple[str, bytes]] = []
+        self.receipts: list[defer.Deferred[None]] = []  # held, when the broker holds them
 
     def subscribe(
         self,
@@ -52,11 +53,25 @@ class MemorySession:
         if on_disconnect:
             self._on_disconnect.append(on_disconnect)
 
-    def send(self, destination: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+    def send(
+        self,
+        destination: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        receipt: bool = False,
+    ) -> defer.Deferred[None] | None:
         if not self.is_connected:
             raise NotConnectedError("memory session is down")
         self.sent.append((destination, body))
         self.broker.publish(destination, body, login=self.name)
+        if not receipt:
+            return None
+        confirmed: defer.Deferred[None] = defer.Deferred()
+        if self.broker.hold_receipts:
+            self.receipts.append(confirmed)
+        else:
+            confirmed.callback(None)
+        return confirmed
 
     def start(self) -> None:
         self.started = True
@@ -82,6 +97,9 @@ class MemorySession:
         if not self.is_connected:
             return
         self.is_connected = False
+        receipts, self.receipts = self.receipts, []
+        for confirmed in receipts:
+            confirmed.errback(Failure(ConnectionError("connection lost before the receipt")))
         for listener in list(self._on_disconnect):
             listener(Failure(ConnectionError("memory connection dropped")))
 
@@ -98,6 +116,8 @@ class MemoryBroker:
         #: Called with (destination, body); return False to drop the message.
         self.filter: Callable[[str, bytes], bool] = lambda destination, body: True
         self.delivered = 0
+        #: When True, sessions keep their receipts pending (a frozen broker).
+        self.hold_receipts = False
 
     def session(self, name: str) -> MemorySession:
         session = MemorySession(self, name)

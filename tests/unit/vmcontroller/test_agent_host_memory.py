@@ -341,3 +341,24 @@ def test_liveness_on_hold_while_paused(world):
     world.host.release_liveness(VM)
     world.settle(2.6)
     assert world.lost == [VM]
+
+
+def test_unconfirmed_replies_are_resent_and_duplicates_dropped(world):
+    """A reply written into a connection that died before the broker confirmed it."""
+    from vmcontroller.protocol import Exit, Output
+
+    out = []
+    adopted = world.host.adopt_run(VM, 88, on_output=lambda s, d: out.append(d))
+    world.broker.hold_receipts = True  # the broker froze: no RECEIPT comes back
+    world.agent.reply(Output(88, "stdout", 1), b"first\n")
+    world.agent.reply(Output(88, "stdout", 2), b"second\n")
+    world.settle()  # ...yet the frames did get through to the host this time
+    world.agent_session.disconnect()  # heart-beats notice the frozen broker
+    world.broker.hold_receipts = False
+    world.agent_session.connect()
+    world.agent.reply(Exit(88, 0, None, {}, 1.0))
+    world.settle()
+    resent = [decode(b)[0] for d, b in world.agent_session.sent if d == to_host(VM)]
+    assert [m.index for m in resent if isinstance(m, Output)] == [1, 2, 1, 2]
+    assert out == [b"first\n", b"second\n"] and result_of(adopted).code == 0
+    assert world.agent._outbox_bytes == 0
