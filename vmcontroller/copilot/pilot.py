@@ -198,9 +198,15 @@ class Pilot:
             if lease_id in self._aborted:
                 raise _LeaseLost("aborted while running")
             outputs = yield self._upload_outputs(offer, job_dir)
-        except (_LeaseLost, TransferRefused) as error:
+        except _LeaseLost as error:
             log.warn("attempt at {job} dropped: {error}", job=job_id, error=error)
             return
+        except TransferRefused as error:
+            if error.status == 409:  # the lease is gone: nobody wants this attempt any more
+                log.warn("attempt at {job} dropped: {error}", job=job_id, error=error)
+                return
+            log.warn("attempt at {job} failed: {error}", job=job_id, error=error)
+            result, outputs = {"exit_code": None, "error": f"file transfer refused: {error}"}, {}
         except Exception as error:  # a pilot-side failure: report it, the job may rerun elsewhere
             log.failure("attempt at {job} failed in the pilot", job=job_id)
             result, outputs = {"exit_code": None, "error": f"pilot error: {error}"}, {}
@@ -232,7 +238,7 @@ class Pilot:
         argv = list(job["argv"]) if job.get("argv") else ["/bin/sh", "-c", job["shell"]]
         env = {k: v for k, v in os.environ.items() if not k.startswith("COPILOT_")}
         env.update(job.get("env") or {})
-        env.update(COPILOT_JOB_ID=offer["job_id"], HOME=job_dir)
+        env.update(COPILOT_JOB_ID=offer["job_id"], COPILOT_AGENT_ID=self.agent_id, HOME=job_dir)
         logs = {name: open(os.path.join(job_dir, f"{name}.log"), "wb") for name in ("stdout", "stderr")}
         try:
             command = RunningCommand(
@@ -295,7 +301,8 @@ class Pilot:
                 result=result, outputs=outputs,
             )  # fmt: skip
             if reply is not None:
-                log.info("job {job}: {answer}", job=job_id, answer=reply["type"])
+                log.info("job {job}: {answer} {reason}", job=job_id, answer=reply["type"],
+                         reason=reply.get("reason", ""))
                 return reply["type"]
         log.warn("job {job}: no answer to done; the lease will expire", job=job_id)
         return None

@@ -18,6 +18,12 @@ from vmcontroller.stomp.client import StompConfig, StompSession
 __all__ = ["PilotConfig", "ServiceConfig", "run_pilot", "serve"]
 
 
+def _log_to_stderr() -> None:
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     store_url: str
@@ -47,6 +53,7 @@ def serve(config: ServiceConfig) -> int:
     from vmcontroller.copilot.storage import JobStorage
     from vmcontroller.copilot.store import StoreError, open_store
 
+    _log_to_stderr()
     if config.heartbeat_interval * 2 >= config.lease_ttl:
         print("copilot: --lease-ttl must exceed two heartbeat intervals", file=sys.stderr)
         return 2
@@ -100,6 +107,7 @@ def run_pilot(config: PilotConfig) -> int:
     from vmcontroller.copilot.pilot import Pilot
     from vmcontroller.copilot.spec import Capabilities
 
+    _log_to_stderr()
     try:
         agent_id = agent_for_login(config.login)
     except ValueError as error:
