@@ -1,0 +1,125 @@
+"""On the real BOINC client: the deployed anonymous-platform bundle runs, and trickles reach the DB.
+
+1. ``vmwrapper deploy --anonymous-platform`` with the standalone executable:
+   the bundle dropped into the client's project dir is accepted, the client
+   starts the executable from it in a slot, the executable finds ``job.xml``
+   and the image through their logical names, and its stderr comes back in
+   the report. The image is a few random bytes, so the wrapper refuses it
+   (exit 206) before booting anything: booting the appliance is the
+   end-to-end test's job.
+2. The test project server with a MariaDB project database: a real app's
+   CPU-time trickle becomes a ``msg_from_host`` row exactly as BOINC's
+   scheduler writes it, the result row follows the task (sent, reported),
+   and ``trickle_handler --one_pass`` then grants host, user and team credit.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from vmwrapper.deploy.builder import DeployRequest, deploy
+from vmwrapper.deploy.spec import AppVersionId
+from vmwrapper.testing.project_db import ProjectDatabase
+from vmwrapper.testing.project_server import AUTHENTICATOR, ProjectServer
+
+pytestmark = pytest.mark.boinc_client
+
+APPS = ROOT / "tests" / "integration" / "deploy" / "apps"
+COBBLESTONE_SCALE = 200 / 86400e9
+
+
+@pytest.fixture
+def project_server():
+    with ProjectServer() as server:
+        yield server
+
+
+def test_client_runs_the_executable_from_the_anonymous_platform_bundle(
+        standalone_exe, boinc_client, project_server, tmp_path):
+    image = tmp_path / "appliance.qcow2"
+    image.write_bytes(b"not a disk image\n" * 64)
+    (tmp_path / "project").mkdir()
+    result = deploy(DeployRequest(
+        # No plan class: the test server's <result> cannot name one (scheduler_protocol has no
+        # <plan_class>), and the client then looks for an app version without one.
+        version=AppVersionId.checked("cernvm", "1.02", "x86_64-pc-linux-gnu"),
+        job=ROOT / "job.xml", image=image, executable=standalone_exe,
+        project_dir=tmp_path / "project", anonymous_platform=tmp_path / "bundle"))
+    client_project = boinc_client.data_dir / "projects" / project_server.project_dir_name
+    shutil.copytree(result.bundle_dir, client_project)
+    project_server.add_workunit("deploy1", app_name="cernvm", version_num=102,
+                                input_files={"in": b"b\na\nb\n"})
+
+    boinc_client.start(attach=(project_server.url, AUTHENTICATOR))
+    boinc_client.wait_until(lambda: "Computation for task deploy1_0 finished" in
+                            boinc_client.log_tail(200_000), 90, "the task to end")
+    # after a task error the client defers its RPCs for minutes: ask for the report now
+    boinc_client.update_project(project_server.url)
+    reported = project_server.wait_for_result("deploy1_0", timeout=60)
+
+    log = boinc_client.log_tail(200_000)
+    assert re.search(r"Starting task deploy1_0", log), log[-3000:]
+    stderr = reported.stderr_out
+    assert "vmwrapper 0.1.0: deploy1_0 in " in stderr  # init_data.xml read: not standalone
+    assert "hypervisor: qemu" in stderr
+    # the image was found through its logical name, in the client's project dir
+    assert "vm_image_1.02_x86_64-pc-linux-gnu.qcow2 is neither a known disk image" in stderr
+    assert reported.exit_status == 206
+
+
+def _app_program(path) -> bytes:
+    """The app with a shebang naming this virtualenv's Python."""
+    body = path.read_text().split("\n", 1)[1]
+    return f"#!{sys.executable}\n{body}".encode()
+
+
+@pytest.mark.mariadb
+def test_trickle_is_stored_like_boincs_scheduler_and_credited(
+        boinc_client, project_server, deploy_database):
+    database = ProjectDatabase(deploy_database).attach(project_server)
+    boinc_client.install_app(project_server.url, "cputrickle",
+                             {"cpu_trickle_app.py": _app_program(APPS / "cpu_trickle_app.py")},
+                             "cpu_trickle_app.py")
+    project_server.add_workunit("dbtest", app_name="cputrickle", input_files={"in": b"x\n"})
+
+    boinc_client.start(attach=(project_server.url, AUTHENTICATOR))
+    trickle = project_server.wait_for_trickle(lambda t: t.message.variety == "cpu_time", 90)
+    reported = project_server.wait_for_result("dbtest_0", timeout=90)
+
+    hostid = trickle.hostid
+    [(create_time, row_host, variety, handled, xml)] = database.rows(
+        "SELECT create_time, hostid, variety, handled, xml FROM msg_from_host")
+    assert (create_time, row_host, variety, handled) == (int(trickle.received_at), hostid,
+                                                         "cpu_time", 0)
+    assert xml == trickle.message.xml
+    lines = xml.splitlines()
+    assert lines[0] == "      <result_name>dbtest_0</result_name>"
+    assert re.fullmatch(r"      <time>\d+</time>", lines[1])
+    claimed = float(re.fullmatch(r"<cpu_time>([0-9.]+)</cpu_time>", lines[2]).group(1))
+    assert 0.5 < claimed <= reported.final_cpu_time
+
+    [(p_ncpus, p_fpops, userid)] = database.rows(
+        "SELECT p_ncpus, p_fpops, userid FROM host WHERE id = ?", (hostid,))
+    assert p_ncpus >= 1 and p_fpops == 1e9  # --skip_cpu_benchmarks: 1 GFLOPS
+    [(state, outcome, sent, received, cpu)] = database.rows(
+        "SELECT server_state, outcome, sent_time, received_time, cpu_time FROM result"
+        " WHERE name = 'dbtest_0' AND hostid = ?", (hostid,))
+    assert (state, outcome) == (5, 1)
+    assert sent <= create_time <= received
+    assert cpu == pytest.approx(reported.final_cpu_time)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "trickle_handler", "--db", deploy_database, "--one_pass"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = claimed * p_fpops * COBBLESTONE_SCALE
+    for table, key in (("host", hostid), ("user", userid), ("team", database.teamid)):
+        [(credit,)] = database.rows(f"SELECT total_credit FROM {table} WHERE id = ?", (key,))
+        assert credit == pytest.approx(expected), table
+    assert database.rows("SELECT handled FROM msg_from_host") == [(1,)]
