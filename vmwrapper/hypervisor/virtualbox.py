@@ -295,8 +295,33 @@ class VirtualBoxDriver(HypervisorDriver):
         if spec.name in self._vms:
             raise errors.VMExists(f"VM {spec.name!r} already exists in this driver")
         options = self._check_spec(spec)
-        yield self._ensure_version()
         vm = _VM(spec, vbox_vm_name(spec.name), options)
+        self._vms[spec.name] = vm  # taken at once: a second create() of it is VMExists
+        try:
+            adopted = yield self._adopt(vm)
+        except BaseException:
+            del self._vms[spec.name]
+            raise
+        if adopted:
+            return None
+        try:
+            yield self._create_new(vm)
+        except BaseException:
+            del self._vms[spec.name]
+            try:
+                yield self._remove_everything(vm)
+            except errors.HypervisorError as cleanup_failure:  # keep the first error
+                log.warn("cleaning up after a failed create: {failure}",
+                         failure=cleanup_failure)
+            raise
+        return None
+
+    @defer.inlineCallbacks
+    def _adopt(self, vm: _VM) -> Any:
+        """Take over this slot's VM from an earlier run, if VirtualBox (or the slot) has
+        it: True when adopted, False when it must be created."""
+        spec = vm.spec
+        yield self._ensure_version()
         spec.vm_dir.mkdir(parents=True, exist_ok=True)
         settings = vm.folder / f"{vm.vbox_name}.vbox"
         info = yield self._info(vm)
@@ -309,26 +334,18 @@ class VirtualBoxDriver(HypervisorDriver):
             # register_vm), keeping the overlay and its snapshot.
             yield self._vbm("registervm", str(settings), doing=f"register VM {vm.vbox_name}")
             info = yield self._info(vm)
-        self._vms[spec.name] = vm
-        if info is not None:
-            vm.uuid = info.get("UUID", "")
-            record = read_record(spec.vm_dir)
-            if record and record.get("vbox_name") == vm.vbox_name:
-                vm.rdp_port = record.get("rdp_port")
-            if VBOX_STATES.get(info.get("VMState", "")) in (VMState.RUNNING, VMState.PAUSED):
-                yield self._vbm("controlvm", vm.vbox_name, "poweroff",
-                                doing=f"power off adopted VM {vm.vbox_name}")
-            self._write_record(vm)
-            log.info("adopted VirtualBox VM {vbox} for {name}", vbox=vm.vbox_name,
-                     name=spec.name)
-            return None
-        try:
-            yield self._create_new(vm)
-        except BaseException:
-            del self._vms[spec.name]
-            yield self._remove_everything(vm)
-            raise
-        return None
+        if info is None:
+            return False
+        vm.uuid = info.get("UUID", "")
+        record = read_record(spec.vm_dir)
+        if record and record.get("vbox_name") == vm.vbox_name:
+            vm.rdp_port = record.get("rdp_port")
+        if VBOX_STATES.get(info.get("VMState", "")) in (VMState.RUNNING, VMState.PAUSED):
+            yield self._vbm("controlvm", vm.vbox_name, "poweroff",
+                            doing=f"power off adopted VM {vm.vbox_name}")
+        self._write_record(vm)
+        log.info("adopted VirtualBox VM {vbox} for {name}", vbox=vm.vbox_name, name=spec.name)
+        return True
 
     @defer.inlineCallbacks
     def _create_new(self, vm: _VM) -> Any:
