@@ -13,6 +13,7 @@ APT_PACKAGES=(
     qemu-system-x86 qemu-utils        # the QEMU hypervisor driver
     debootstrap extlinux syslinux-common fdisk mtools genisoimage dosfstools  # appliance build
     python3-twisted                   # guest agent tests under the appliance's Python + Twisted 22.4
+    binutils libpython3.11            # PyInstaller (vmwrapper build-exe) needs objdump and the shared libpython
     chromium                          # status page tests (headless browser)
 )
 
