@@ -13,10 +13,14 @@ import pathlib
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vmwrapper.boinc import API_VERSION
 from vmwrapper.deploy.manifest import AppFile, app_info_xml, trickle_handler_daemon, version_xml
 from vmwrapper.deploy.spec import AppVersionId, DeployError
+
+if TYPE_CHECKING:
+    from vmwrapper.job.model import JobDescription
 
 #: Logical name the wrapper looks for its job description by (vmwrapper.app.JOB_FILES[0]).
 JOB_LOGICAL_NAME = "job.xml"
@@ -64,7 +68,7 @@ def plan_files(request: DeployRequest, image_logical_name: str) -> tuple[AppFile
     )
 
 
-def _load_job(path: pathlib.Path):
+def _load_job(path: pathlib.Path) -> JobDescription:
     from vmwrapper.job.issues import JobFileError  # noqa: PLC0415 - only deploy needs it
     from vmwrapper.job.load import load_job  # noqa: PLC0415
 
@@ -104,7 +108,7 @@ def _check_free(path: pathlib.Path, what: str) -> None:
         )
 
 
-def max_runtime_for(job) -> float:
+def max_runtime_for(job: JobDescription) -> float:
     """CPU seconds one trickle may be credited for: trickle period x the VM's CPUs."""
     from vmwrapper.job.flags import vm_cpus  # noqa: PLC0415
 

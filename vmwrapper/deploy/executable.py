@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 #: The repository root (the parent of the vmwrapper package).
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -130,7 +130,8 @@ def cached_executable(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
     return cache / build_key() / EXECUTABLE_NAME
 
 
-def build_executable(cache_dir: pathlib.Path | None = None, log=print) -> pathlib.Path:
+def build_executable(cache_dir: pathlib.Path | None = None,
+                     log: Callable[[str], None] = print) -> pathlib.Path:
     """The standalone ``vmwrapper`` for the current sources: cached, else built now.
 
     :raises BuildError: PyInstaller is not installed or the build failed.
@@ -161,7 +162,7 @@ def prune_cache(cache: pathlib.Path, keep: pathlib.Path, count: int = 3) -> list
     return removed
 
 
-def _build_into(target: pathlib.Path, log) -> None:
+def _build_into(target: pathlib.Path, log: Callable[[str], None]) -> None:
     try:
         importlib.metadata.version("pyinstaller")
     except importlib.metadata.PackageNotFoundError:
