@@ -669,9 +669,8 @@ class VirtualBoxDriver(HypervisorDriver):
             deadline = self.clock.seconds() + grace
             while vm.process_alive() and self.clock.seconds() < deadline:
                 yield task.deferLater(self.clock, min(0.1, grace), lambda: None)
-            if not vm.process_alive():
+            if not vm.process_alive():  # the guest shut itself down
                 self._stop_watching(vm)
-                state = yield self._current_state(vm)
                 self._fire_stopped(vm, VMState.STOPPED)
                 return None
         yield self._hard_stop(vm, save=True)
