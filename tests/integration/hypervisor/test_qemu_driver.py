@@ -156,3 +156,38 @@ def test_kvm_probe_outcomes(qemu_session, appliance, tmp_path, behaviour, accele
     assert info.version == "0.0-fake"
     leftovers = [p for p in processes_in(tmp_path) if p != os.getpid()]
     assert leftovers == [], "the probe QEMU must be killed"
+
+
+def test_agent_runs_from_the_image_and_its_exit_powers_the_guest_off(
+        qemu_session, appliance, tmp_path, request):
+    """The real agent (from the image, not the host) runs a command; when it
+    exits the appliance powers off and the driver reports a clean stop."""
+    rt = qemu_session.rt
+    driver = qemu_session.new_driver()
+    spec = qemu_session.make_spec(tmp_path / "vm", _name())
+    request.addfinalizer(lambda: rt.call(driver.destroy, spec.name, timeout=60))
+    rt.call(driver.create, spec)
+    rt.call(driver.start, spec.name)
+    rt.call(qemu_session.guests.hello, spec.name, 120, timeout=130)
+    vm_id = qemu_session.vm_ids[spec.name]
+    output: list[bytes] = []
+    result = rt.call(qemu_session.host.run, vm_id, None,
+                     "uname -r; python3 -c 'import vmcontroller; print(vmcontroller.__file__)'",
+                     on_output=lambda _stream, data: output.append(data), timeout=60)
+    text = b"".join(output).decode()
+    assert result.ok, text
+    assert appliance.kernel_version in text
+    assert "/opt/boinc-vm/vmcontroller/" in text, "the agent must run the image's copy"
+
+    waiter = []
+    rt.call(lambda: waiter.append(driver.when_stopped(spec.name)))
+    # SIGTERM to the agent (the shell's parent) while it runs this very command.
+    rt.call(lambda: qemu_session.host.run(
+        vm_id, shell="kill -TERM $PPID").addErrback(
+            lambda _: None) and None)
+    try:
+        assert rt.call(lambda: waiter[0], timeout=60) is VMState.STOPPED
+    except TimeoutError:
+        pytest.fail("the guest did not power off; console:\n"
+                    + rt.call(driver.console_log, spec.name)[-3000:])
+    assert "guest agent exited" in rt.call(driver.console_log, spec.name)
