@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
 from tests.integration.hypervisor.harness_qemu import processes_in
+from vmwrapper.hypervisor import procinfo
 from vmwrapper.hypervisor.base import VMState
 from vmwrapper.hypervisor.errors import HypervisorNotInstalled, OperationTimeout, OutOfDisk
 
@@ -191,3 +193,31 @@ def test_agent_runs_from_the_image_and_its_exit_powers_the_guest_off(
         pytest.fail("the guest did not power off; console:\n"
                     + rt.call(driver.console_log, spec.name)[-3000:])
     assert "guest agent exited" in rt.call(driver.console_log, spec.name)
+
+
+def test_wrapper_exit_kills_its_qemu(qemu_session, tmp_path):
+    """A wrapper whose reactor stops (SIGTERM here) takes its QEMU with it."""
+    from tests.integration.hypervisor.harness_qemu import ROOT
+
+    spec = qemu_session.make_spec(tmp_path / "vm", _name())
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.hypervisor.orphan_run", "qemu",
+         str(spec.base_image), str(spec.vm_dir), spec.name, str(spec.config_disk)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()
+        assert line.startswith("running"), line + child.stderr.read()
+        qemu_pid = int(line.split()[1])
+        assert procinfo.is_running(qemu_pid)
+        child.send_signal(signal.SIGTERM)
+        child.wait(20)
+        deadline = time.monotonic() + 5
+        while procinfo.is_running(qemu_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not procinfo.is_running(qemu_pid), "QEMU outlived its wrapper"
+        assert processes_in(spec.vm_dir) == []
+    finally:
+        child.kill()
+        child.wait()
+        for pid in processes_in(spec.vm_dir):
+            os.kill(pid, signal.SIGKILL)
