@@ -76,7 +76,19 @@ class Subscriber(Protocol):
     version: str
 
     def deliver(self, frame: Frame) -> None:
-        """Queue ``frame`` for sending to this client (may raise OutboxClosed)."""
+        """Queue ``frame`` for sending to this client (may wait; may raise OutboxClosed)."""
+
+    def deliver_reserved(self, frame: Frame) -> None:
+        """Queue ``frame`` whose size was reserved (never waits; may raise OutboxClosed)."""
+
+    def reserve(self, body_size: int) -> None:
+        """Book room in the client's outbox for a MESSAGE, ahead of ``deliver_reserved``."""
+
+    def has_room(self) -> bool:
+        """Whether the client's outbox can take a frame without waiting."""
+
+    def want_drain_notice(self) -> None:
+        """Call the queue manager's ``pump`` for this client's queues once it drains."""
 
 
 @dataclass(eq=False)
@@ -95,8 +107,22 @@ class Subscription:
     def needs_ack(self) -> bool:
         return self.ack != "auto"
 
-    def has_room(self) -> bool:
+    def under_prefetch(self) -> bool:
+        """Fewer un-acked messages than ``prefetch-count`` allows."""
         return not self.prefetch or len(self.pending) < self.prefetch
+
+    def has_room(self) -> bool:
+        """May a queue message go to this subscription now?
+
+        Needs room under prefetch and in the connection's outbox; when only
+        the outbox is full, asks the connection to report when it drains.
+        """
+        if not self.under_prefetch():
+            return False
+        if self.connection.has_room():
+            return True
+        self.connection.want_drain_notice()
+        return self.connection.has_room()  # it may have drained meanwhile
 
 
 class _Subscriptions:
@@ -222,12 +248,17 @@ class _AckTracking:
         return subs
 
 
-def _deliver(pairs: list[tuple[Subscription, CoilFrame]]) -> list[tuple[Subscription, CoilFrame]]:
+def _deliver(
+    pairs: list[tuple[Subscription, CoilFrame]], reserved: bool = False
+) -> list[tuple[Subscription, CoilFrame]]:
     """Hand frames to outboxes (no lock held); return those that could not go."""
     failed = []
     for sub, message in pairs:
         try:
-            sub.connection.deliver(message_frame(sub, message))
+            if reserved:
+                sub.connection.deliver_reserved(message_frame(sub, message))
+            else:
+                sub.connection.deliver(message_frame(sub, message))
         except OutboxClosed:
             failed.append((sub, message))
     return failed
@@ -297,8 +328,7 @@ class DeliveryQueueManager(_AckTracking, QueueManager):
                     )
                 self.store.enqueue(dest, message)
                 return
-            if sub.needs_ack:
-                self._track(sub, message)
+            self._assign(sub, message)
         self._hand_over([(sub, message)])
 
     def ack(self, connection, message_id: str) -> None:
@@ -315,6 +345,14 @@ class DeliveryQueueManager(_AckTracking, QueueManager):
             for message in settled:
                 self._requeue(sub.destination, message)
             pairs = self._take_backlog(sub.destination)
+        self._hand_over(pairs)
+
+    def pump(self, destinations) -> None:
+        """Deliver waiting messages of ``destinations`` to subscribers with room."""
+        pairs = []
+        with self._lock:
+            for destination in destinations:
+                pairs += self._take_backlog(destination)
         self._hand_over(pairs)
 
     def queued(self, destination: str) -> int:
@@ -343,16 +381,21 @@ class DeliveryQueueManager(_AckTracking, QueueManager):
             message = self.store.dequeue(destination)
             if message is None:
                 break
-            if sub.needs_ack:
-                self._track(sub, message)
+            self._assign(sub, message)
             pairs.append((sub, message))
         return pairs
+
+    def _assign(self, sub: Subscription, message: CoilFrame) -> None:
+        """``message`` goes to ``sub``: track it for acks, book room in the outbox."""
+        if sub.needs_ack:
+            self._track(sub, message)
+        sub.connection.reserve(len(message.body))
 
     def _hand_over(self, pairs: list[tuple[Subscription, CoilFrame]]) -> None:
         """Deliver outside the lock; requeue what a closing connection refused."""
         if not pairs:
             return
-        failed = _deliver(pairs)
+        failed = _deliver(pairs, reserved=True)
         if failed:
             with self._lock:
                 for sub, message in failed:
@@ -392,8 +435,8 @@ class BroadcastTopicManager(_AckTracking, TopicManager):
         with self._lock:
             pairs = []
             for sub in self._subs.by_destination.get(dest, ()):
-                if not sub.has_room():
-                    continue  # topics do not wait: a full subscriber misses it
+                if not sub.under_prefetch():
+                    continue  # topics do not wait: a subscriber at its prefetch misses it
                 if sub.needs_ack:
                     self._track(sub, message)
                 pairs.append((sub, message))

@@ -109,6 +109,7 @@ class BrokerRequestHandler(StompRequestHandler):
             clock=config.clock,
             name=f"vmc-broker-writer-{self.number}",
         )
+        self.outbox.on_drain = self._refill
         self.engine: StompEngine | None = None
         self.server.register(self)
 
@@ -215,6 +216,25 @@ class BrokerRequestHandler(StompRequestHandler):
     def deliver(self, frame: Frame) -> None:
         """Queue a MESSAGE for this client (raises OutboxClosed when closing)."""
         self.outbox.put(frame)
+
+    def deliver_reserved(self, frame: Frame) -> None:
+        """Queue a MESSAGE whose room was reserved (never waits)."""
+        self.outbox.put_reserved(frame)
+
+    def reserve(self, body_size: int) -> None:
+        self.outbox.reserve(body_size)
+
+    def has_room(self) -> bool:
+        return self.outbox.has_room()
+
+    def want_drain_notice(self) -> None:
+        self.outbox.want_drain_notice()
+
+    def _refill(self) -> None:
+        """Writer thread, outbox just emptied: take what waits in our queues."""
+        queues = [d for d in list(self.subscriptions.values()) if d.startswith("/queue/")]
+        if queues:
+            self.server.queue_manager.pump(queues)
 
     def send_control(self, command: str, headers: dict[str, str], body: bytes = b"") -> None:
         """Queue a broker-generated frame (CONNECTED, RECEIPT, ERROR)."""

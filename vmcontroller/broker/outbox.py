@@ -4,10 +4,13 @@ coilmq delivers by calling ``sendall`` on the *producer's* thread while a
 module-global lock is held, so one slow consumer stalls every producer.
 Here a producer only appends a frame to the consumer's outbox; the
 consumer's writer thread encodes whatever has piled up and sends it with
-one ``sendall``, so bursts become large writes.  The queue is bounded in
-bytes: a producer blocks (with a deadline) only when *that* consumer is
-slow, which is TCP-like back-pressure on the one producer involved.  The
-writer also sends heart-beat EOLs when the connection has been quiet.
+one write, so bursts become large writes.  The queue is bounded in bytes.
+Queue delivery checks :meth:`Outbox.has_room` first and leaves messages in
+their queue for a full outbox (refilled on :attr:`Outbox.on_drain`), so a
+slow consumer never blocks its producers; topic delivery and broker frames
+block (with a deadline) only the producer feeding *that* consumer, and a
+consumer stuck past the deadline is disconnected.  The writer also sends
+heart-beat EOLs when the connection has been quiet.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ _MAX_WRITE = 1024 * 1024
 _MAX_BUFFERS = 900
 # Bodies from this size on are sent from where they are, not copied.
 _LARGE_BODY = 8 * 1024
+
+
+#: What a frame's headers count against the outbox limit, roughly.
+FRAME_OVERHEAD = 256
+
+
+def item_size(item: Frame | bytes) -> int:
+    """What a queued item counts against the outbox limit (bytes)."""
+    return len(item) if isinstance(item, bytes) else len(item.body) + FRAME_OVERHEAD
 
 
 class OutboxClosed(Exception):
@@ -65,12 +77,29 @@ class Outbox:
         self.clock = clock
         self.heartbeat_interval: float | None = None
         self._items: list[Frame | bytes] = []
-        self._queued = 0
+        self._queued = 0  # bytes of the frames in _items
+        self._reserved = 0  # bytes reserved for frames about to be put
         self._closing = False
         self._cond = threading.Condition(threading.Lock())
         self._last_write = clock()
+        #: Called on the writer thread when the queue has just been emptied
+        #: after :meth:`want_drain_notice` (the broker refills from its queues).
+        self.on_drain: Callable[[], None] | None = None
+        self._drain_wanted = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def has_room(self) -> bool:
+        """Whether a frame queued now would be sent without waiting (approximate)."""
+        return self._queued + self._reserved <= self.max_bytes and not self._closing
+
+    def want_drain_notice(self) -> None:
+        """Ask for one :attr:`on_drain` call once the queue empties.
+
+        Queue delivery skips a full outbox (the message waits in its queue)
+        and asks for this, so producers never block on a slow consumer.
+        """
+        self._drain_wanted = True
 
     def put(self, item: Frame | bytes) -> None:
         """Queue a frame (or raw bytes) for sending.
@@ -79,15 +108,12 @@ class Outbox:
             stayed stuck for ``put_timeout`` seconds (the connection is then
             closed).
         """
-        size = len(item) if isinstance(item, bytes) else len(item.body) + 256
+        size = item_size(item)
         with self._cond:
             if self._closing:
                 raise OutboxClosed()
             if self._wait_for_room():
-                self._items.append(item)
-                self._queued += size
-                if len(self._items) == 1:
-                    self._cond.notify_all()
+                self._append(item, size)
                 return
             if self._closing:
                 raise OutboxClosed()
@@ -102,10 +128,37 @@ class Outbox:
             pass
         raise OutboxClosed()
 
+    def reserve(self, body_size: int) -> None:
+        """Book room for a frame with a ``body_size`` body; :meth:`put_reserved` follows.
+
+        Queue delivery reserves while it holds the queue manager's lock, so
+        :meth:`has_room` turns False as soon as enough is on its way.
+        """
+        with self._cond:
+            self._reserved += body_size + FRAME_OVERHEAD
+
+    def put_reserved(self, item: Frame | bytes) -> None:
+        """Queue a frame whose room was booked with :meth:`reserve`: never waits.
+
+        :raises OutboxClosed: if the connection is closing.
+        """
+        size = item_size(item)
+        with self._cond:
+            self._reserved = max(0, self._reserved - size)
+            if self._closing:
+                raise OutboxClosed()
+            self._append(item, size)
+
+    def _append(self, item: Frame | bytes, size: int) -> None:
+        self._items.append(item)
+        self._queued += size
+        if len(self._items) == 1:
+            self._cond.notify_all()
+
     def _wait_for_room(self) -> bool:
         """With the lock held: wait until the queue is under its limit (False: gave up)."""
         deadline = time.monotonic() + self.put_timeout
-        while self._queued > self.max_bytes and not self._closing:
+        while self._queued + self._reserved > self.max_bytes and not self._closing:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -157,6 +210,10 @@ class Outbox:
                 batch = self._next_batch()
                 if batch is None:
                     break
+                # _queued is 0 now: let the broker refill while this batch is written.
+                if self._drain_wanted and self.on_drain is not None:
+                    self._drain_wanted = False
+                    self.on_drain()
                 self._write(batch)
         except OSError as error:
             log.debug("writer stopped: %s", error)
