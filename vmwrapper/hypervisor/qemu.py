@@ -453,6 +453,15 @@ class QemuDriver(HypervisorDriver):
     async def _make_overlay(self, vm: _VM, fmt: str) -> None:
         """Create the copy-on-write overlay, or adopt the one an earlier run left."""
         spec = vm.spec
+        if vm.overlay.exists():
+            info = json.loads(await self._qemu_img("info", "-U", "--output=json",
+                                                   str(vm.overlay)))
+            if info.get("backing-filename") == str(spec.base_image):
+                return
+            log.warn("overlay {overlay} belongs to another base image ({other}); replacing it",
+                     overlay=vm.overlay, other=info.get("backing-filename"))
+            vm.overlay.unlink()
+            (spec.vm_dir / CHECKPOINT).unlink(missing_ok=True)
         if not vm.overlay.exists():
             self._check_free(spec.vm_dir, 64 * _MiB + spec.memory_mb * _MiB // 2,
                              "the VM's disk overlay and a checkpoint")

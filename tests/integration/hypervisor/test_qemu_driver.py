@@ -3,6 +3,7 @@ death reporting, missing binary, a full disk. Real QEMU processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -221,3 +222,27 @@ def test_wrapper_exit_kills_its_qemu(qemu_session, tmp_path):
         child.wait()
         for pid in processes_in(spec.vm_dir):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_create_adopts_its_own_overlay_but_not_another_images(qemu_session, appliance, tmp_path):
+    """A restarted wrapper keeps its overlay and checkpoint; a new base image starts afresh."""
+    rt = qemu_session.rt
+    spec = qemu_session.make_spec(tmp_path / "vm", _name())
+    first = qemu_session.new_driver()
+    rt.call(first.create, spec)
+    (spec.vm_dir / "disk.qcow2").touch()
+    stamp = (spec.vm_dir / "disk.qcow2").stat().st_mtime_ns
+    (spec.vm_dir / "checkpoint.json").write_text('{"tag": "boinc-1", "seq": 1}')
+    second = qemu_session.new_driver()
+    rt.call(second.create, spec)
+    assert (spec.vm_dir / "disk.qcow2").stat().st_mtime_ns == stamp, "overlay was recreated"
+    assert rt.call(second.has_checkpoint, spec.name)
+
+    other_base = tmp_path / "other.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(appliance.qcow2),
+                    "-F", "qcow2", str(other_base)], check=True)
+    third = qemu_session.new_driver()
+    rt.call(third.create, dataclasses.replace(spec, base_image=other_base))
+    assert not rt.call(third.has_checkpoint, spec.name), "a checkpoint of another image"
+    rt.call(third.destroy, spec.name)
+    assert not spec.vm_dir.exists()
