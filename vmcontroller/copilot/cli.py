@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--lease-ttl", type=float, default=60.0)
     serve.add_argument("--heartbeat-interval", type=float, default=10.0)
     serve.add_argument("--sweep-interval", type=float, default=1.0)
+    serve.add_argument("--retry-after", type=float, default=2.0,
+                       help="seconds an idle pilot waits before asking again")
     serve.add_argument("--max-output-bytes", type=int, default=256 * 1024 * 1024)
 
     add_user = sub.add_parser("add-user", help="create a user (or renew its token)")
@@ -304,6 +306,7 @@ def _serve(args: argparse.Namespace) -> int:
         public_url=args.public_url, broker=args.broker, login=login, passcode=passcode,
         vhost=args.vhost, offer_ttl=args.offer_ttl, lease_ttl=args.lease_ttl,
         heartbeat_interval=args.heartbeat_interval, sweep_interval=args.sweep_interval,
+        retry_after=args.retry_after,
         max_output_bytes=args.max_output_bytes,
     )  # fmt: skip
     return serve(config)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import random
 import shutil
 import signal
 from dataclasses import replace
@@ -90,7 +91,8 @@ class Pilot:
         self.exit_when_idle = exit_when_idle
         self.cpu_time = 0.0
         self.jobs_run = 0
-        self._seq = 0
+        # Random start: a stale answer left in our queue by an earlier run never matches.
+        self._seq = random.randrange(1 << 30)
         self._stopping = False
         self._waiters: dict[tuple[str, Any], defer.Deferred[dict[str, Any]]] = {}
         self._aborted: set[str] = set()

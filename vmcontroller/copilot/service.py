@@ -38,6 +38,7 @@ class ServiceConfig:
     lease_ttl: float = 60.0
     heartbeat_interval: float = 10.0
     sweep_interval: float = 1.0
+    retry_after: float = 2.0
     max_output_bytes: int = 256 * 1024 * 1024
 
 
@@ -73,7 +74,10 @@ def serve(config: ServiceConfig) -> int:
         StompConfig(config.login, config.passcode, vhost=config.vhost),
         reactor,
     )
-    Dispatcher(manager, session, url, heartbeat_interval=config.heartbeat_interval)
+    Dispatcher(
+        manager, session, url, heartbeat_interval=config.heartbeat_interval,
+        retry_after=config.retry_after,
+    )
     session.start()
     manager.start()
     print(f"http {url}", flush=True)

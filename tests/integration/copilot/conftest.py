@@ -1,0 +1,260 @@
+"""Real brokers, a real job manager process and real pilot processes for Co-Pilot tests.
+
+* Brokers (session-wide): the embedded one (``vmcontroller broker`` as a
+  child process) and RabbitMQ's STOMP plugin on 127.0.0.1:61613 with a
+  private vhost and per-VM users made by
+  :func:`vmcontroller.broker.rabbitmq.ensure_user`, so other engineers'
+  traffic on the shared RabbitMQ never meets ours.
+* ``copilot serve`` and ``copilot pilot`` run as child processes; every
+  process started here is stopped by a finalizer, even when a test fails.
+  Jobs that a test orphans on purpose (by killing their pilot) write their
+  pid into the test's directory and are killed from there.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmcontroller.broker.credentials import Login, generate_credentials, load_credentials
+from vmcontroller.copilot.client import CopilotClient
+from vmcontroller.copilot.store import open_store
+from vmcontroller.destinations import Role
+
+ROOT = Path(__file__).resolve().parents[3]
+PYTHON = sys.executable
+AGENTS = 6
+
+
+def stop_process(process: subprocess.Popen, grace: float = 5.0) -> None:
+    """Terminate one process we started (SIGCONT first, in case a test stopped it)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.kill(process.pid, signal.SIGCONT)
+        process.terminate()
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy (integration tests only)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout} s")
+        time.sleep(0.1)
+
+
+def _port_open(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+class EmbeddedBrokerProcess:
+    kind = "embedded"
+    vhost = "/"
+
+    def __init__(self, workdir: Path) -> None:
+        self.agent_ids = [f"cpe{n}-{uuid.uuid4().hex[:6]}" for n in range(AGENTS)]
+        path = workdir / "credentials.json"
+        generate_credentials(self.agent_ids, path)
+        self.credentials = load_credentials(path)
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "vmcontroller.cli", "broker", "--listen", "127.0.0.1:0",
+             "--credentials", str(path)],
+            stdout=subprocess.PIPE, stderr=open(workdir / "broker.log", "ab"), text=True, cwd=ROOT,
+        )  # fmt: skip
+        line = self.process.stdout.readline()
+        if not line.startswith("listening on "):
+            self.process.kill()
+            raise RuntimeError(f"embedded broker did not start: {line!r}")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def host_login(self) -> tuple[str, str]:
+        login = self.credentials.host_login()
+        return login.login, login.passcode
+
+    def vm_login(self, index: int) -> tuple[str, str]:
+        login = self.credentials.vm_login(self.agent_ids[index % AGENTS])
+        return login.login, login.passcode
+
+    def close(self) -> None:
+        stop_process(self.process)
+
+
+class RabbitBroker:
+    kind = "rabbitmq"
+    port = 61613
+
+    def __init__(self) -> None:
+        from vmcontroller.broker.rabbitmq import ensure_user
+
+        tag = secrets.token_hex(3)
+        self.vhost = f"copilot_test_{tag}"
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", self.vhost], check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+        self.logins = [Login(f"host-copilot-{tag}", secrets.token_urlsafe(16), Role.HOST)]
+        self.logins += [
+            Login(f"vm-cpr{n}{tag}", secrets.token_urlsafe(16), Role.VM, f"cpr{n}{tag}")
+            for n in range(AGENTS)
+        ]
+        for login in self.logins:
+            ensure_user(login, vhost=self.vhost)
+
+    def host_login(self) -> tuple[str, str]:
+        return self.logins[0].login, self.logins[0].passcode
+
+    def vm_login(self, index: int) -> tuple[str, str]:
+        login = self.logins[1 + index % AGENTS]
+        return login.login, login.passcode
+
+    def close(self) -> None:
+        from vmcontroller.broker.rabbitmq import delete_user
+
+        for login in self.logins:
+            delete_user(login.login)
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost],
+                       capture_output=True, timeout=60)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def embedded_broker(tmp_path_factory):
+    broker = EmbeddedBrokerProcess(tmp_path_factory.mktemp("copilot-broker"))
+    yield broker
+    broker.close()
+
+
+@pytest.fixture(scope="session")
+def rabbit_broker():
+    if shutil.which("rabbitmqctl") is None or not _port_open(("127.0.0.1", 61613)):
+        pytest.skip("RabbitMQ with the STOMP plugin is not running on 127.0.0.1:61613 "
+                    "(scripts/bootstrap.sh --services starts it)")
+    broker = RabbitBroker()
+    yield broker
+    broker.close()
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def broker(request):
+    """Each test taking this fixture runs once per broker."""
+    return request.getfixturevalue(f"{request.param}_broker")
+
+
+class Deployment:
+    """One job manager process plus the pilots a test starts, all stopped at the end."""
+
+    def __init__(self, broker: Any, workdir: Path, store_url: str | None = None) -> None:
+        self.broker = broker
+        self.workdir = workdir
+        self.shared = workdir / "shared"
+        self.shared.mkdir()
+        self.store_url = store_url or f"sqlite:///{workdir}/jobs.db"
+        self.processes: list[subprocess.Popen] = []
+        self.manager: subprocess.Popen | None = None
+        self.url = ""
+        store = open_store(self.store_url)
+        self.tokens = {name: store.add_user(name) for name in ("alice", "bob")}
+        store.close()
+
+    def start_manager(self, *extra: str) -> None:
+        login, passcode = self.broker.host_login()
+        self.manager = subprocess.Popen(
+            [PYTHON, "-m", "vmcontroller.copilot.cli", "serve", "--store", self.store_url,
+             "--storage", str(self.workdir / "storage"), "--http", "127.0.0.1:0",
+             "--broker", f"127.0.0.1:{self.broker.port}", "--login", login,
+             "--passcode", passcode, "--vhost", self.broker.vhost,
+             "--offer-ttl", "2", "--lease-ttl", "2", "--heartbeat-interval", "0.5",
+             "--sweep-interval", "0.2", "--retry-after", "0.3", *extra],
+            stdout=subprocess.PIPE, stderr=open(self.workdir / "manager.log", "ab"), text=True,
+            cwd=ROOT,
+        )  # fmt: skip
+        self.processes.append(self.manager)
+        line = self.manager.stdout.readline()
+        if not line.startswith("http "):
+            raise RuntimeError(f"copilot serve did not start: {line!r}; see manager.log")
+        self.url = line.split()[1]
+
+    def start_pilot(self, index: int, *extra: str) -> subprocess.Popen:
+        login, passcode = self.broker.vm_login(index)
+        log = open(self.workdir / f"pilot{index}.log", "ab")
+        process = subprocess.Popen(
+            [PYTHON, "-m", "vmcontroller.copilot.cli", "pilot",
+             "--broker", f"127.0.0.1:{self.broker.port}", "--login", login,
+             "--passcode", passcode, "--vhost", self.broker.vhost,
+             "--work-dir", str(self.workdir / f"pilot{index}"), "--cores", "2",
+             "--memory-mb", "1024", "--request-timeout", "1", *extra],
+            stdout=log, stderr=log, cwd=ROOT,
+        )  # fmt: skip
+        self.processes.append(process)
+        return process
+
+    def pilot_log(self, index: int) -> str:
+        return (self.workdir / f"pilot{index}.log").read_text(errors="replace")
+
+    def agent_id(self, index: int) -> str:
+        return self.broker.vm_login(index)[0][len("vm-"):]
+
+    def client(self, user: str = "alice") -> CopilotClient:
+        return CopilotClient(self.url, self.tokens[user])
+
+    def cli(self, user: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = dict(os.environ, COPILOT_SERVER=self.url, COPILOT_TOKEN=self.tokens.get(user, user))
+        return subprocess.run(
+            [PYTHON, "-m", "vmcontroller.copilot.cli", *args], env=env, capture_output=True,
+            text=True, timeout=timeout, cwd=self.workdir,
+        )  # fmt: skip
+
+    def wait_state(self, job_id: str, states: tuple[str, ...], timeout: float = 30) -> dict:
+        client = self.client()
+        return wait_for(
+            lambda: (view := client.job(job_id))["state"] in states and view,
+            timeout, f"job {job_id} in {states}",
+        )
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop_process(process)
+        for pid_file in self.shared.glob("*.pid"):  # jobs orphaned on purpose
+            try:
+                os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture
+def deployment_factory(tmp_path):
+    """``factory(broker, store_url=None)`` -> a :class:`Deployment` closed after the test."""
+    made: list[Deployment] = []
+
+    def factory(broker: Any, store_url: str | None = None) -> Deployment:
+        workdir = tmp_path / f"d{len(made)}"
+        workdir.mkdir()
+        made.append(Deployment(broker, workdir, store_url))
+        return made[-1]
+
+    yield factory
+    for deployment in made:
+        deployment.close()
