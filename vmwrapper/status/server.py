@@ -147,6 +147,11 @@ class StatusServer:
     # -- snapshots --------------------------------------------------------
 
     @property
+    def open_streams(self) -> int:
+        """How many pages are listening for live updates now."""
+        return len(self._streams)
+
+    @property
     def current(self) -> StatusSnapshot:
         """The last snapshot the provider gave."""
         return self._current
