@@ -51,9 +51,10 @@ class BrokerConfig:
     heartbeat_receive_ms: int = 1000
     #: Seconds a new connection has to send CONNECT.
     connect_timeout: float = 30.0
-    #: Bytes queued for one client beyond which its producers wait.
+    #: Bytes queued for one client beyond which queue messages stay in their
+    #: queue and topic messages make their producer wait.
     outbox_max_bytes: int = 8 * 1024 * 1024
-    #: Seconds a producer waits on a stuck consumer before that consumer is dropped.
+    #: Seconds a topic producer waits on a stuck consumer before that consumer is dropped.
     slow_consumer_timeout: float = 30.0
     #: Open connections beyond which new ones are closed at once.
     max_connections: int = 256
