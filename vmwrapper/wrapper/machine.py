@@ -229,8 +229,12 @@ class Wrapper(RuntimeListener):
         self._last_tick = self.clock.seconds()
         if self._vm_alive:
             d = self.driver.resume(self.vm_name)
-            d.addCallbacks(lambda _: self.channel.release_liveness(self.vm_name),
+            d.addCallbacks(self._resumed,
                            lambda f: self._log(f"cannot resume the VM: {f.getErrorMessage()}"))
+
+    def _resumed(self, _: Any) -> None:
+        self.channel.release_liveness(self.vm_name)
+        self._log("VM running again")
 
     def quit(self) -> None:
         self.interrupt(Outcome.save("the BOINC client asked the task to quit"))
@@ -250,9 +254,13 @@ class Wrapper(RuntimeListener):
         self._tell_guest_network()
 
     def _pause(self) -> None:
+        asked = self.clock.seconds()
         self.channel.hold_liveness(self.vm_name)
         d = self.driver.pause(self.vm_name)
-        d.addErrback(lambda f: self._log(f"cannot pause the VM: {f.getErrorMessage()}"))
+        d.addCallbacks(
+            lambda _: self._log(f"VM paused {1000 * (self.clock.seconds() - asked):.1f} ms "
+                                "after the request"),
+            lambda f: self._log(f"cannot pause the VM: {f.getErrorMessage()}"))
 
     def _tell_guest_network(self) -> None:
         if self.phase not in ("running tasks", "copying in", "copying out"):
