@@ -149,3 +149,89 @@ def test_agent_detects_a_dead_connection_by_heartbeats_and_reconnects(
         lambda: agent.log().count("connected to the broker") >= 2, 20, "the agent to reconnect"
     )
     assert harness.call(harness.host.ping, agent.vm_id, timeout=20) >= 0
+
+
+def test_output_written_into_a_dead_connection_is_not_lost(
+    host_reactor, restartable, tmp_path, request
+):
+    """A command ends while the broker is frozen (as for a guest restored from a
+    snapshot, its connection is dead without knowing it): the agent's output and
+    exit status, written into that connection, still reach the host, once."""
+    import os
+    import signal
+
+    harness = Harness(host_reactor, restartable, tmp_path, request)
+    # The short heartbeat makes the agent notice the freeze fast; the host must
+    # not declare the VM lost meanwhile (the wrapper holds liveness or adopts
+    # the run in that case).
+    harness.host = harness.new_host(missed_heartbeats=40)
+    agent = harness.ready_agent(heartbeat=0.5)
+    out = []
+    outcome = []
+
+    def start():
+        deferred = harness.host.run(
+            agent.vm_id, shell="echo started; sleep 1; echo done; exit 5",
+            on_output=lambda stream, data: out.append(data),
+        )  # fmt: skip
+        deferred.addBoth(outcome.append)
+
+    harness.call(start)
+    wait_until(lambda: out, 10, "the command to start")
+    os.kill(restartable.process.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: "presumed dead" in agent.log(), 10, "the agent to notice")
+    finally:
+        os.kill(restartable.process.pid, signal.SIGCONT)
+    wait_until(lambda: outcome, 30, "the exit status")
+    result = outcome[0]
+    assert not hasattr(result, "raiseException"), result
+    assert result.code == 5
+    assert b"".join(out) == b"started\ndone\n"
+
+
+def test_replies_lost_with_a_dead_broker_are_resent_and_adopted(
+    host_reactor, restartable, tmp_path, request
+):
+    """The frozen broker is then killed: whatever the agent wrote into the dead
+    connection is gone, so only its resend-until-receipt gets the exit status
+    through.  The host lost its connection too, so its pending run fails and it
+    adopts the run by its id, as the wrapper does."""
+    import os
+    import signal
+
+    from vmcontroller.protocol import ConnectionLostError
+
+    harness = Harness(host_reactor, restartable, tmp_path, request)
+    harness.host = harness.new_host(missed_heartbeats=40)
+    agent = harness.ready_agent(heartbeat=0.5)
+    out, outcome, failures = [], [], []
+
+    def start():
+        deferred = harness.host.run(
+            agent.vm_id, shell="echo started; sleep 1; echo done; exit 5",
+            on_output=lambda stream, data: out.append(data),
+        )  # fmt: skip
+        seq = deferred.seq
+
+        def adopt(failure):
+            failure.trap(ConnectionLostError)
+            failures.append(failure)
+            return harness.host.adopt_run(agent.vm_id, seq, lambda s, d: out.append(d))
+
+        deferred.addErrback(adopt).addBoth(outcome.append)
+
+    harness.call(start)
+    wait_until(lambda: out, 10, "the command to start")
+    os.kill(restartable.process.pid, signal.SIGSTOP)
+    wait_until(lambda: "presumed dead" in agent.log(), 10, "the agent to notice")
+    time.sleep(0.3)  # the command has ended: its output went into the dead connection
+    restartable.kill()
+    restartable.start()
+    wait_until(lambda: outcome, 30, "the exit status")
+    result = outcome[0]
+    context = f"outcome {result!r}, output {out!r}, agent log:\n{agent.log()[-3000:]}"
+    assert not hasattr(result, "raiseException"), context
+    assert failures, "the host's connection should have been lost too: " + context
+    assert result.code == 5, context
+    assert b"".join(out) == b"started\ndone\n", context
