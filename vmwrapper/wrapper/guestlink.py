@@ -5,14 +5,11 @@ broker in a thread, on 127.0.0.1, with one random login for itself and one
 for the VM; the guest reaches it at ``10.0.2.2:PORT`` through the
 hypervisor's NAT. With an external STOMP URL both sides use the URL's login.
 
-Two things the host controller does not offer are added here:
-
-* **adopting a command after a restore**: a restored guest still runs the
-  task command an earlier wrapper started, and its agent re-sends the output
-  and exit status from its outbox; :meth:`WrapperHostController.adopt_run`
-  waits for them under the old request id;
-* **holding liveness while the VM is paused on purpose**: a paused guest
-  sends no heartbeats and must not be declared lost.
+Two host-controller calls matter most to the wrapper: ``adopt_run`` (a
+restored guest still runs the task command an earlier wrapper started, and
+its agent re-sends output and exit status under the old request id) and
+``hold_liveness`` (a guest paused on purpose sends no heartbeats and must not
+be declared lost).
 """
 
 from __future__ import annotations
@@ -38,51 +35,6 @@ NAT_HOST_ADDRESS = "10.0.2.2"
 CONNECT_TIMEOUT = 30.0
 
 
-class WrapperHostController(HostController):
-    """:class:`HostController` plus command adoption and liveness holds."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._held: set[str] = set()
-
-    def adopt_run(self, vm_id: str, seq: int, on_output: OutputCallback) -> defer.Deferred[Any]:
-        """A Deferred for the ``ExitResult`` of command *seq*, sent by a restored guest.
-
-        Registers *seq* with the request tracker as if this controller had sent
-        the request (the tracker has no public call for that: this is the one
-        place that reaches into it).
-        """
-        self.watch(vm_id)
-        deferred: defer.Deferred[Any] = defer.Deferred()
-        self._requests._pending[seq] = (deferred, vm_id)
-        self._outputs[seq] = on_output
-
-        def forget(result: Any) -> Any:
-            self._outputs.pop(seq, None)
-            return result
-
-        return deferred.addBoth(forget)
-
-    def hold_liveness(self, vm_id: str) -> None:
-        """No lost-VM verdict for *vm_id* until :meth:`release_liveness`."""
-        self._held.add(vm_id)
-        status = self.vms.get(vm_id)
-        if status is not None:
-            self._cancel_deadline(status)
-
-    def release_liveness(self, vm_id: str) -> None:
-        """Expect *vm_id*'s heartbeats again, from now on."""
-        self._held.discard(vm_id)
-        status = self.vms.get(vm_id)
-        if status is not None and status.alive and self._connected:
-            self._arm_deadline(status)
-
-    def _arm_deadline(self, status: Any) -> None:
-        if status.vm_id in self._held:
-            return
-        super()._arm_deadline(status)
-
-
 def _credentials(vm_id: str, saved: BrokerSettings | None) -> Credentials:
     if saved is not None and {"host", "vm"} <= set(saved.logins):
         host, vm = saved.logins["host"], saved.logins["vm"]
@@ -105,7 +57,7 @@ class GuestLink:
         self.broker = broker
         self.heartbeat_interval = heartbeat_interval
         self.embedded: EmbeddedBroker | None = None
-        self.controller: WrapperHostController | None = None
+        self.controller: HostController | None = None
         self._settings = BrokerSettings()
         self._lost_callbacks: list[Callable[[str], None]] = []
 
@@ -124,7 +76,7 @@ class GuestLink:
         session = StompSession(
             TCP4ClientEndpoint(self.reactor, host, port, timeout=CONNECT_TIMEOUT),
             StompConfig(login, passcode), clock=self.reactor)
-        self.controller = WrapperHostController(session, self.reactor)
+        self.controller = HostController(session, self.reactor)
         self.controller.add_listener(on_lost=self._lost)
         self.controller.start()
         connecting = self.controller.when_connected(fail_after=5)
@@ -161,7 +113,7 @@ class GuestLink:
 
     # -- talking to the guest ----------------------------------------------
 
-    def _host(self) -> WrapperHostController:
+    def _host(self) -> HostController:
         if self.controller is None:
             raise RuntimeError("the guest channel is not open")
         return self.controller

@@ -274,6 +274,12 @@ class Wrapper(RuntimeListener):
     # -- the job --------------------------------------------------------------------------------
 
     async def _run_job(self) -> Outcome:
+        host_tasks = [t.application for t in self.job.task if t.where == "host"]
+        if host_tasks:
+            raise WrapperError(Outcome.failure(
+                ExitStatus.INIT_FAILURE,
+                f"<task>s with <where>host</where> ({', '.join(host_tasks)}) are not supported "
+                "by this vmwrapper version yet; run them in the guest"))
         self.state = self._load_state()
         self._cpu_base = self.state.cpu_time
         self.state.episodes += 1
