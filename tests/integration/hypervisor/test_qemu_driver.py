@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.hypervisor.harness_qemu import processes_in
 from vmwrapper.hypervisor import procinfo
-from vmwrapper.hypervisor.base import VMState
+from vmwrapper.hypervisor.base import SharedFolder, VMState
 from vmwrapper.hypervisor.errors import HypervisorNotInstalled, OperationTimeout, OutOfDisk
 
 pytestmark = pytest.mark.qemu
@@ -246,3 +246,38 @@ def test_create_adopts_its_own_overlay_but_not_another_images(qemu_session, appl
     assert not rt.call(third.has_checkpoint, spec.name), "a checkpoint of another image"
     rt.call(third.destroy, spec.name)
     assert not spec.vm_dir.exists()
+
+
+@pytest.fixture(scope="session")
+def generic_appliance():
+    """The appliance with Debian's generic kernel (9p, AHCI, e1000), built once and cached."""
+    from vmwrapper.appliance.builder import BuildOptions, build, default_output
+
+    return build(BuildOptions(output=default_output(), kernel="generic", formats=("qcow2",)))
+
+
+def test_shared_folder_is_the_named_directory_only(qemu_session, generic_appliance, tmp_path,
+                                                   request):
+    """The job's directory (and nothing above it) appears in the guest at /mnt/<tag>."""
+    rt = qemu_session.rt
+    shared = tmp_path / "job" / "shared"
+    shared.mkdir(parents=True)
+    (shared / "input.txt").write_text("from the host\n")
+    (tmp_path / "job" / "secret.txt").write_text("must stay outside\n")
+    driver = qemu_session.new_driver()
+    spec = dataclasses.replace(qemu_session.make_spec(tmp_path / "vm", _name()),
+                               base_image=generic_appliance.qcow2,
+                               shared_folder=SharedFolder(shared, tag="shared"))
+    request.addfinalizer(lambda: rt.call(driver.destroy, spec.name, timeout=60))
+    rt.call(driver.create, spec)
+    rt.call(driver.start, spec.name)
+    rt.call(qemu_session.guests.hello, spec.name, 180, timeout=190)
+    output: list[bytes] = []
+    result = rt.call(qemu_session.host.run, qemu_session.vm_ids[spec.name], None,
+                     "cat /mnt/shared/input.txt; ls -a /mnt/shared/..; "
+                     "echo from the guest > /mnt/shared/output.txt",
+                     on_output=lambda _stream, data: output.append(data), timeout=60)
+    text = b"".join(output).decode()
+    assert result.ok, text + rt.call(driver.console_log, spec.name)[-2000:]
+    assert "from the host" in text and "secret.txt" not in text
+    assert (shared / "output.txt").read_text() == "from the guest\n"
