@@ -1,9 +1,10 @@
-"""The job manager's durable store: SQLite by default, MariaDB/MySQL at scale.
+"""The job manager's durable store: SQLite by default, MariaDB or PostgreSQL at scale.
 
 Open one with :func:`open_store` and a URL::
 
     sqlite:///var/lib/copilot/jobs.db          (the default, embedded)
     mysql://root@127.0.0.1:3306/copilot        (MariaDB; the database is created)
+    postgresql://postgres@127.0.0.1:5432/copilot  (PostgreSQL; created too)
 
 Every change is a compare-and-set on the job's ``version`` (see
 :meth:`Store.save`), committed together with its history event, so two
@@ -46,8 +47,8 @@ class StoreError(RuntimeError):
     """The store URL is wrong or the database refused us."""
 
 
-def _schema(auto_increment: str, text: str) -> list[str]:
-    return [
+def _schema(auto_increment: str, text: str, double: str = "DOUBLE") -> list[str]:
+    return [statement.replace("DOUBLE", double) for statement in [
         "CREATE TABLE IF NOT EXISTS copilot_jobs ("
         " id VARCHAR(32) PRIMARY KEY, owner VARCHAR(64) NOT NULL, spec TEXT NOT NULL,"
         " state VARCHAR(16) NOT NULL, created DOUBLE NOT NULL, attempts INTEGER NOT NULL,"
@@ -64,7 +65,7 @@ def _schema(auto_increment: str, text: str) -> list[str]:
         "CREATE INDEX IF NOT EXISTS copilot_events_job ON copilot_events (job_id, n)",
         "CREATE TABLE IF NOT EXISTS copilot_users (name VARCHAR(64) PRIMARY KEY,"
         " token_sha256 CHAR(64) NOT NULL UNIQUE)",
-    ]
+    ]]
 
 
 def _digest(token: str) -> str:
@@ -290,4 +291,36 @@ def open_store(url: str) -> Store:
         except pymysql.MySQLError as error:
             raise StoreError(f"cannot open MariaDB store {url}: {error}") from None
         return Store(connection, "format", _schema("BIGINT AUTO_INCREMENT PRIMARY KEY", "MEDIUMTEXT"))
-    raise StoreError(f"unknown store URL {url!r}: use sqlite:///PATH or mysql://USER@HOST:PORT/DB")
+    if parsed.scheme in ("postgresql", "postgres"):
+        return _open_postgresql(url, parsed)
+    raise StoreError(
+        f"unknown store URL {url!r}: use sqlite:///PATH, mysql://USER@HOST:PORT/DB "
+        "or postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def _open_postgresql(url: str, parsed: urllib.parse.SplitResult) -> Store:
+    import psycopg
+
+    database = parsed.path.lstrip("/")
+    if not _DB_NAME.fullmatch(database):
+        raise StoreError(f"store URL {url!r}: name a database (letters, digits, '_')")
+    params = dict(
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 5432,
+        user=urllib.parse.unquote(parsed.username or "postgres"),
+        password=urllib.parse.unquote(parsed.password or ""),
+    )
+    try:
+        with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
+            exists = admin.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+            ).fetchone()
+            if not exists:
+                admin.execute(f'CREATE DATABASE "{database}"')
+        connection = psycopg.connect(dbname=database, autocommit=False, **params)
+    except psycopg.Error as error:
+        raise StoreError(f"cannot open PostgreSQL store {url}: {error}") from None
+    return Store(
+        connection, "format", _schema("BIGSERIAL PRIMARY KEY", "TEXT", "DOUBLE PRECISION")
+    )

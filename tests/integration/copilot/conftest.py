@@ -76,6 +76,33 @@ def _port_open(address: tuple[str, int]) -> bool:
         return False
 
 
+def _drop_mariadb(name: str) -> None:
+    import pymysql
+
+    connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    connection.close()
+
+
+def _drop_postgresql(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres",
+                         autocommit=True) as connection:  # fmt: skip
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def backend_url(kind: str, tmp_path) -> tuple[str, object]:
+    """A fresh store URL of ``kind`` and a function dropping it afterwards."""
+    name = f"copilot_test_{uuid.uuid4().hex[:8]}"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/{name}.db", lambda: None
+    if kind == "mariadb":
+        return f"mysql://root@127.0.0.1:3306/{name}", lambda: _drop_mariadb(name)
+    return f"postgresql://postgres@127.0.0.1:5432/{name}", lambda: _drop_postgresql(name)
+
+
 class EmbeddedBrokerProcess:
     kind = "embedded"
     vhost = "/"

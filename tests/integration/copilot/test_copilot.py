@@ -10,8 +10,9 @@ import uuid
 
 import pytest
 
-from tests.integration.copilot.conftest import wait_for
+from tests.integration.copilot.conftest import backend_url, stop_process, wait_for
 from vmcontroller.copilot.client import ApiError
+from vmcontroller.copilot.store import StoreError, open_store
 
 
 def test_submit_pull_run_store_fetch(broker, deployment_factory, tmp_path):
@@ -201,30 +202,32 @@ def test_bad_input_gets_clear_errors_and_loses_nothing(embedded_broker, deployme
     assert view["state"] == "failed" and "exceed" in view["result"]["error"]
 
 
-@pytest.mark.mariadb
-def test_the_store_on_mariadb(embedded_broker, deployment_factory, tmp_path):
-    """The same flow with the durable store on MariaDB, surviving a manager restart."""
-    pymysql = pytest.importorskip("pymysql")
-    name = f"copilot_test_{uuid.uuid4().hex[:8]}"
+@pytest.mark.parametrize(
+    "backend", [pytest.param("mariadb", marks=pytest.mark.mariadb), "postgresql"]
+)
+def test_durable_store_survives_a_manager_restart(backend, embedded_broker, deployment_factory,
+                                                  tmp_path):
+    """The flow with the store on MariaDB or PostgreSQL, across a manager restart."""
+    url, drop = backend_url(backend, tmp_path)
     try:
-        admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
-    except pymysql.MySQLError as error:
-        pytest.skip(f"MariaDB is not reachable on 127.0.0.1:3306: {error}")
+        open_store(url).close()
+    except StoreError as error:
+        pytest.skip(f"{backend} store unavailable: {error}")
+    d = deployment_factory(embedded_broker, url)
     try:
-        d = deployment_factory(embedded_broker, f"mysql://root@127.0.0.1:3306/{name}")
         d.start_manager()
         ids = [d.client().submit({"shell": f"echo {n} > n.out", "outputs": ["n.out"]}, {})["id"]
                for n in range(3)]  # fmt: skip
-        stop = d.manager
-        stop.terminate()
-        stop.wait(10)
-        d.start_manager()  # a new process: everything comes back from MariaDB
+        d.manager.send_signal(signal.SIGKILL)  # no chance to flush anything
+        d.manager.wait(10)
+        d.start_manager()  # a new process: everything comes back from the database
         assert {job["id"] for job in d.client().jobs()} == set(ids)
         d.start_pilot(0, "--exit-when-idle", "5")
         for n, job_id in enumerate(ids):
-            assert d.wait_state(job_id, ("done", "failed"))["state"] == "done"
+            view = d.wait_state(job_id, ("done", "failed"))
+            assert (view["state"], view["attempts"]) == ("done", 1)
             assert d.client().output(job_id, "n.out").decode().strip() == str(n)
     finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.close()
+        for process in d.processes:
+            stop_process(process)
+        drop()
