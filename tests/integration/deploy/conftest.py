@@ -75,3 +75,13 @@ def deploy_database(mariadb_admin):
     mariadb_admin.execute(f"CREATE DATABASE {name}")
     yield f"{MARIADB}/{name}"
     mariadb_admin.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture(scope="session")
+def appliance_image():
+    """The appliance's qcow2 (vmwrapper.appliance's cache; built the first time, about 70 s)."""
+    from tests.integration.hypervisor.harness_qemu import require_qemu
+    from vmwrapper.appliance.builder import BuildOptions, build, default_output
+
+    require_qemu()
+    return build(BuildOptions(output=default_output(), formats=("qcow2",))).qcow2

@@ -123,3 +123,51 @@ def test_trickle_is_stored_like_boincs_scheduler_and_credited(
         [(credit,)] = database.rows(f"SELECT total_credit FROM {table} WHERE id = ?", (key,))
         assert credit == pytest.approx(expected), table
     assert database.rows("SELECT handled FROM msg_from_host") == [(1,)]
+
+
+@pytest.mark.qemu
+@pytest.mark.mariadb
+def test_deployed_app_version_runs_the_sample_job_in_the_appliance_and_earns_credit(
+        standalone_exe, appliance_image, boinc_client, project_server, deploy_database, tmp_path):
+    """The whole chain: bundle -> client -> executable -> QEMU guest -> trickle -> DB -> credit."""
+    database = ProjectDatabase(deploy_database).attach(project_server)
+    (tmp_path / "project").mkdir()
+    result = deploy(DeployRequest(
+        version=AppVersionId.checked("cernvm", "1.03", "x86_64-pc-linux-gnu"),
+        job=ROOT / "job.xml", image=appliance_image, executable=standalone_exe,
+        project_dir=tmp_path / "project", anonymous_platform=tmp_path / "bundle"))
+    shutil.copytree(result.bundle_dir,
+                    boinc_client.data_dir / "projects" / project_server.project_dir_name)
+    project_server.add_workunit("e2e", app_name="cernvm", version_num=103,
+                                input_files={"in": b"b\na\nb\n"})
+
+    boinc_client.start(attach=(project_server.url, AUTHENTICATOR))
+    boinc_client.wait_until(lambda: "Computation for task e2e_0 finished" in
+                            boinc_client.log_tail(500_000), 240, "the task to end")
+    boinc_client.update_project(project_server.url)  # report now, not at the next poll
+    reported = project_server.wait_for_result("e2e_0", timeout=60)
+
+    assert reported.exit_status == 0, reported.stderr_out
+    assert "finishing with status 0 (SUCCESS)" in reported.stderr_out
+    assert project_server.uploads["e2e_0_out"] == b"      1 a\n      2 b\n"  # sort | uniq -c
+    trickles = [t for t in project_server.trickles if t.message.variety == "cpu_time"]
+    assert trickles, project_server.trickles
+    rows = database.rows("SELECT hostid, variety, xml FROM msg_from_host WHERE variety = 'cpu_time'")
+    assert [(t.hostid, "cpu_time", t.message.xml) for t in trickles] == rows
+    claimed = max(float(re.search(r"<cpu_time>([0-9.]+)</cpu_time>", xml).group(1))
+                  for _, _, xml in rows)
+    assert 0 < claimed <= reported.final_cpu_time + 0.01
+    hostid = trickles[0].hostid
+    [(state, outcome)] = database.rows(
+        "SELECT server_state, outcome FROM result WHERE name = 'e2e_0' AND hostid = ?", (hostid,))
+    assert (state, outcome) == (5, 1)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "trickle_handler", "--db", deploy_database, "--one_pass"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # cumulative CPU-time trickles: the credit is for the largest value, at 1 GFLOPS
+    expected = claimed * 1e9 * COBBLESTONE_SCALE
+    for table, key in (("host", hostid), ("user", 7), ("team", database.teamid)):
+        [(credit,)] = database.rows(f"SELECT total_credit FROM {table} WHERE id = ?", (key,))
+        assert credit == pytest.approx(expected), table
