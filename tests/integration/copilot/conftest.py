@@ -207,14 +207,14 @@ class Deployment:
         self.manager: subprocess.Popen | None = None
         self.url = ""
         store = open_store(self.store_url)
-        self.tokens = {name: store.add_user(name) for name in ("alice", "bob")}
+        self.tokens = {name: store.add_user(name) for name in ("alice", "bob", "carol")}
         store.close()
 
-    def start_manager(self, *extra: str) -> None:
+    def start_manager(self, *extra: str, port: int = 0) -> None:
         login, passcode = self.broker.host_login()
         self.manager = subprocess.Popen(
             [PYTHON, "-m", "vmcontroller.copilot.cli", "serve", "--store", self.store_url,
-             "--storage", str(self.workdir / "storage"), "--http", "127.0.0.1:0",
+             "--storage", str(self.workdir / "storage"), "--http", f"127.0.0.1:{port}",
              "--broker", f"127.0.0.1:{self.broker.port}", "--login", login,
              "--passcode", passcode, "--vhost", self.broker.vhost,
              "--offer-ttl", "2", "--lease-ttl", "2", "--heartbeat-interval", "0.5",

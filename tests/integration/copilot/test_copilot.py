@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import uuid
+from functools import partial
 
 import pytest
 
@@ -50,26 +51,54 @@ def test_submit_pull_run_store_fetch(broker, deployment_factory, tmp_path):
 
 
 def test_two_agents_never_run_the_same_job(broker, deployment_factory):
+    """Jobs of three users through four pilots: each runs once, on one agent, correctly."""
     d = deployment_factory(broker)
     d.start_manager()
     ran = d.shared / "ran.log"
-    client = d.client()
     script = f'echo "$COPILOT_JOB_ID $COPILOT_AGENT_ID" >> {ran}; echo "$COPILOT_JOB_ID" > id.out'
-    ids = [
-        client.submit({"shell": script, "outputs": ["id.out"], "retries": 0}, {})["id"]
-        for _ in range(24)
-    ]
-    for index in range(3):
+    owners = {}
+    for n in range(36):
+        user = ("alice", "bob", "carol")[n % 3]
+        job = d.client(user).submit({"shell": script, "outputs": ["id.out"], "retries": 0}, {})
+        owners[job["id"]] = user
+    for index in range(4 if broker.kind == "embedded" else 3):
         d.start_pilot(index, "--exit-when-idle", "20")
-    for job_id in ids:
-        d.wait_state(job_id, ("done", "failed"), timeout=90)
+    def final(job_id: str, user: str) -> bool:
+        return d.client(user).job(job_id)["state"] in ("done", "failed")
+
+    for job_id, user in owners.items():
+        wait_for(partial(final, job_id, user), 90, f"job {job_id} final")
     runs = [line.split() for line in ran.read_text().splitlines()]
-    assert sorted(job for job, _ in runs) == sorted(ids)  # every job ran exactly once
+    assert sorted(job for job, _ in runs) == sorted(owners)  # every job ran exactly once
     assert len({agent for _, agent in runs}) >= 2  # and the work was shared
-    for job_id in ids:
-        view = client.job(job_id)
+    for job_id, user in owners.items():
+        view = d.client(user).job(job_id)
         assert (view["state"], view["attempts"]) == ("done", 1)
-        assert client.output(job_id, "id.out").decode().strip() == job_id
+        assert d.client(user).output(job_id, "id.out").decode().strip() == job_id
+    assert len(d.client("carol").jobs()) == 12
+
+
+def test_manager_killed_and_restarted_loses_and_duplicates_nothing(embedded_broker,
+                                                                   deployment_factory):
+    d = deployment_factory(embedded_broker)
+    d.start_manager()
+    port = int(d.url.rsplit(":", 1)[1])
+    ran = d.shared / "ran.log"
+    script = f'sleep 1; echo "$COPILOT_JOB_ID" >> {ran}; echo "$COPILOT_JOB_ID" > id.out'
+    ids = [d.client().submit({"shell": script, "outputs": ["id.out"], "retries": 3}, {})["id"]
+           for _ in range(6)]  # fmt: skip
+    d.start_pilot(0, "--exit-when-idle", "15")
+    d.start_pilot(1, "--exit-when-idle", "15")
+    wait_for(lambda: any(d.client().job(i)["state"] == "running" for i in ids), 30, "a job running")
+    d.manager.send_signal(signal.SIGKILL)
+    d.manager.wait(10)
+    d.start_manager(port=port)  # same URL: the pilots' offers name it
+    for job_id in ids:
+        view = d.wait_state(job_id, ("done", "failed"), timeout=60)
+        assert view["state"] == "done", view
+        assert d.client().output(job_id, "id.out").decode().strip() == job_id
+        assert d.cli("alice", "status", job_id).stdout.count("succeeded") == 1
+    assert set(ran.read_text().split()) == set(ids)
 
 
 def test_agent_killed_mid_job_the_job_reruns_elsewhere(embedded_broker, deployment_factory):
