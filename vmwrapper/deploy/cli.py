@@ -8,7 +8,8 @@ Example::
 writes ``apps/cernvm/1.02/x86_64-pc-linux-gnu__vbox64/`` for BOINC's
 ``bin/update_versions`` and prints the ``config.xml`` ``<daemon>`` entry for
 ``trickle_handler``. Without ``--executable`` the standalone executable is
-built (or taken from the build cache) first.
+built (or taken from the build cache) first; run from the standalone
+executable itself, that executable is deployed.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _built_executable() -> pathlib.Path:
+    """The standalone executable: this one when frozen, else the cached build."""
+    if getattr(sys, "frozen", False):  # running as the PyInstaller executable: ship ourselves
+        return pathlib.Path(sys.executable)
     from vmwrapper.deploy.executable import BuildError, build_executable  # noqa: PLC0415
 
     try:

@@ -136,6 +136,9 @@ def build_executable(cache_dir: pathlib.Path | None = None,
 
     :raises BuildError: PyInstaller is not installed or the build failed.
     """
+    if getattr(sys, "frozen", False):
+        raise BuildError("build-exe needs the source tree: run it with the Python that has "
+                         "boinc-vm installed, not from the standalone executable")
     target = cached_executable(cache_dir)
     if target.is_file():
         return target

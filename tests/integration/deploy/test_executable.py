@@ -54,3 +54,16 @@ def test_standalone_without_a_job_file_ends_with_init_failure(standalone_exe, tm
     assert done.returncode == 206
     assert (tmp_path / "boinc_finish_called").read_text().startswith("206\n")
     assert "standalone_0" in done.stderr
+
+
+def test_deploy_from_the_executable_ships_the_executable_itself(standalone_exe, tmp_path):
+    image = tmp_path / "img.qcow2"
+    image.write_bytes(b"x" * 100)
+    (tmp_path / "project").mkdir()
+    done = run(standalone_exe, "deploy", "--app", "cernvm", "--version", "1.00",
+               "--job", str(ROOT / "job.xml"), "--image", str(image),
+               "--project-dir", str(tmp_path / "project"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    shipped = tmp_path / "project/apps/cernvm/1.00/x86_64-pc-linux-gnu/vmwrapper_1.00_x86_64-pc-linux-gnu"
+    assert shipped.read_bytes() == standalone_exe.read_bytes()
+    assert "<cmd>trickle_handler --variety cpu_time --max_runtime 3600</cmd>" in done.stdout

@@ -81,3 +81,9 @@ def test_missing_pyinstaller_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(executable.importlib.metadata, "version", version)
     with pytest.raises(executable.BuildError, match="PyInstaller is not installed"):
         executable._build_into(tmp_path / "k" / "vmwrapper", log=lambda text: None)
+
+
+def test_the_frozen_executable_cannot_rebuild_itself(monkeypatch):
+    monkeypatch.setattr(executable.sys, "frozen", True, raising=False)
+    with pytest.raises(executable.BuildError, match="needs the source tree"):
+        executable.build_executable()
