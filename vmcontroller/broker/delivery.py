@@ -10,7 +10,8 @@ Semantics (kept close to RabbitMQ's, the broker used at scale):
 
 * ``/queue/...``: store-and-forward, each message to one subscriber
   (round robin among subscribers with room).  Messages wait in the coilmq
-  ``QueueStore`` (``MemoryQueue`` by default) while nobody can take them.
+  ``QueueStore`` (:class:`RedeliveryFirstQueue` by default) while nobody
+  can take them.
 * anything else is a topic: a copy to every current subscriber, nothing
   stored.
 * ``ack:auto`` (default): delivered = done.  ``ack:client``: cumulative
@@ -18,7 +19,8 @@ Semantics (kept close to RabbitMQ's, the broker used at scale):
   one message.  Un-acked messages count against the subscription's
   ``prefetch-count`` header (0 or absent = unlimited, as on RabbitMQ).
 * NACK, and disconnecting with un-acked messages, requeue queue messages
-  (marked ``redelivered:true``); topic messages are dropped.
+  (marked ``redelivered:true``) at the head of the queue, in their original
+  order (with the default store); topic messages are dropped.
 * The MESSAGE ``ack`` header (STOMP 1.2) carries the message id, so every
   version acknowledges by the same key.
 * A STOMP 1.0 consumer does not get headers 1.0 cannot represent (a
@@ -41,6 +43,7 @@ from typing import Protocol
 
 from coilmq.queue import QueueManager
 from coilmq.store.memory import MemoryQueue
+from coilmq.store.memory import lock as memory_queue_lock
 from coilmq.topic import TopicManager
 from coilmq.util.frames import Frame as CoilFrame
 
@@ -123,6 +126,22 @@ class Subscription:
             return True
         self.connection.want_drain_notice()
         return self.connection.has_room()  # it may have drained meanwhile
+
+
+class RedeliveryFirstQueue(MemoryQueue):
+    """coilmq's ``MemoryQueue``, but a requeued message goes back to the *head*.
+
+    coilmq requeues at the tail, so messages a consumer left un-acked (it
+    disconnected, or NACKed them) came back after everything sent since.
+    Requeued here in reverse delivery order, they come back first and in
+    their original order, as on RabbitMQ.
+    """
+
+    def requeue(self, destination, frame) -> None:
+        with memory_queue_lock:  # the lock MemoryQueue's own methods take
+            # MemoryQueue enqueues with appendleft and dequeues with pop():
+            # the right end is the head.
+            self._messages[destination].append(frame)
 
 
 class _Subscriptions:
@@ -282,7 +301,7 @@ class DeliveryQueueManager(_AckTracking, QueueManager):
     kind = "q"
 
     def __init__(self, store=None, max_queued: int | None = None) -> None:
-        QueueManager.__init__(self, store if store is not None else MemoryQueue())
+        QueueManager.__init__(self, store if store is not None else RedeliveryFirstQueue())
         _AckTracking.__init__(self)
         #: Messages a queue may hold; a SEND beyond is refused (None: no limit).
         self.max_queued = max_queued
@@ -342,7 +361,7 @@ class DeliveryQueueManager(_AckTracking, QueueManager):
         """Refuse a message: it goes back to its queue for redelivery."""
         with self._lock:
             sub, settled = self._settle(connection, message_id)
-            for message in settled:
+            for message in reversed(settled):  # the first ends up at the head
                 self._requeue(sub.destination, message)
             pairs = self._take_backlog(sub.destination)
         self._hand_over(pairs)
@@ -367,7 +386,7 @@ class DeliveryQueueManager(_AckTracking, QueueManager):
 
     def _requeue_pending(self, sub: Subscription) -> None:
         awaiting = self._awaiting.get(id(sub.connection), {})
-        for message_id, message in sub.pending.items():
+        for message_id, message in reversed(sub.pending.items()):
             awaiting.pop(message_id, None)
             self._requeue(sub.destination, message)
         sub.pending.clear()
@@ -398,7 +417,7 @@ class DeliveryQueueManager(_AckTracking, QueueManager):
         failed = _deliver(pairs, reserved=True)
         if failed:
             with self._lock:
-                for sub, message in failed:
+                for sub, message in reversed(failed):
                     awaiting = self._awaiting.get(id(sub.connection), {})
                     awaiting.pop(message.headers["message-id"], None)
                     sub.pending.pop(message.headers["message-id"], None)

@@ -153,3 +153,40 @@ def test_slow_consumer_never_blocks_producers_and_catches_up():
         finally:
             for client in clients:
                 client.close()
+
+
+def test_unacked_messages_come_back_first_and_in_order(small_broker):
+    broker, connect = small_broker
+    host = connect()
+    agent = connect("vm")
+    agent.subscribe(destinations.to_guest("v"), ack="client-individual")
+    for n in range(3):
+        host.send(destinations.to_guest("v"), f"m{n}".encode())
+    assert [agent.receive().body for _ in range(3)] == [b"m0", b"m1", b"m2"]
+    agent.close()  # m0..m2 un-acked: requeued
+    deadline = time.monotonic() + 5
+    while broker.connection_count > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    host.send(destinations.to_guest("v"), b"m3")
+    assert host.sync() == []
+    again = connect("vm")
+    again.subscribe(destinations.to_guest("v"), ack="client-individual")
+    received = [again.receive() for _ in range(4)]
+    assert [m.body for m in received] == [b"m0", b"m1", b"m2", b"m3"]
+    assert [m.headers.get("redelivered") for m in received] == ["true"] * 3 + [None]
+
+
+def test_nacked_message_goes_back_to_the_head(small_broker):
+    _, connect = small_broker
+    host = connect()
+    agent = connect("vm")
+    agent.subscribe(destinations.to_guest("v"), ack="client-individual", **{"prefetch-count": "1"})
+    for body in (b"a", b"b", b"c"):
+        host.send(destinations.to_guest("v"), body)
+    assert host.sync() == []  # "b" and "c" wait in the queue: prefetch 1
+    first = agent.receive()
+    agent.nack(first)
+    again = agent.receive()
+    assert (first.body, again.body) == (b"a", b"a")
+    agent.ack(again)
+    assert agent.receive().body == b"b"
