@@ -14,6 +14,7 @@ from vmwrapper.appliance.builder import (
     build,
     default_output,
 )
+from vmwrapper.progress_bar import StepProgress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
     try:
         opts = BuildOptions(output=Path(args.output).resolve() if args.output else default_output(), kernel=args.kernel,
             formats=tuple(f for f in args.formats.split(",") if f), force=args.force)
-        appliance = build(opts, log=lambda text: print(f"appliance: {text}", file=sys.stderr))
+        appliance = build(opts, log=StepProgress("appliance", expected=5))
     except BuildError as error:
         print(f"vmwrapper appliance: {error}", file=sys.stderr)
         return 1
