@@ -45,7 +45,12 @@ class Dispatcher:
     """Routes pilots' messages to the :class:`JobManager` and answers them.
 
     :param http_url: where pilots fetch inputs and upload outputs.
-    :param retry_after: seconds a pilot told ``no_job`` waits before asking again.
+    :param retry_after: how long a ``want_job`` that found nothing is held
+        (*parked*) before it is answered ``no_job``; a job submitted or
+        re-queued meanwhile is offered to the longest-waiting parked pilot at
+        once, so submit-to-start latency does not depend on polling.  Pilots
+        ask again as soon as ``no_job`` arrives; their request timeout must
+        be longer than this.
     """
 
     def __init__(
@@ -61,7 +66,9 @@ class Dispatcher:
         self.http_url = http_url
         self.heartbeat_interval = heartbeat_interval
         self.retry_after = retry_after
+        self._parked: dict[str, tuple[int, Capabilities, Any]] = {}
         manager.on_lease_lost = self._lease_lost
+        manager.on_work_available = self.offer_parked
         session.subscribe(PRESENCE, self.on_frame)
 
     def _send(self, agent: str, kind: str, **fields: Any) -> None:
@@ -93,13 +100,36 @@ class Dispatcher:
         except SpecError as error:
             log.warn("pilot {agent} sent bad capabilities: {error}", agent=agent, error=error)
             return
+        self._unpark(agent)
         job = self.manager.want_job(agent, caps)
         if job is None:
-            self._send(agent, "no_job", seq=message["seq"], retry_after=self.retry_after)
+            timer = self.manager.clock.callLater(self.retry_after, self._park_over, agent)
+            self._parked[agent] = (message["seq"], caps, timer)
             return
+        self._offer(agent, message["seq"], job)
+
+    def _unpark(self, agent: str) -> None:
+        parked = self._parked.pop(agent, None)
+        if parked is not None and parked[2].active():
+            parked[2].cancel()
+
+    def _park_over(self, agent: str) -> None:
+        seq, _, _ = self._parked.pop(agent)
+        self._send(agent, "no_job", seq=seq, retry_after=0)
+
+    def offer_parked(self) -> None:
+        """Offer queued jobs to parked pilots, longest waiting first."""
+        for agent, (seq, caps, _) in list(self._parked.items()):
+            job = self.manager.want_job(agent, caps)
+            if job is None:
+                continue  # nothing fits this one; a smaller pilot may still get something
+            self._unpark(agent)
+            self._offer(agent, seq, job)
+
+    def _offer(self, agent: str, seq: int, job: JobRecord) -> None:
         inputs = [info.__dict__ for info in self.manager.storage.inputs(job.id)]
         self._send(
-            agent, "offer", seq=message["seq"], job_id=job.id, lease_id=job.lease_id,
+            agent, "offer", seq=seq, job_id=job.id, lease_id=job.lease_id,
             lease_token=job.lease_token, job=job.spec.to_dict(), inputs=inputs,
             http_url=self.http_url, heartbeat_interval=self.heartbeat_interval,
         )  # fmt: skip

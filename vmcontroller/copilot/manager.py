@@ -44,8 +44,9 @@ class NotFound(LookupError):
 class JobManager:
     """Accepts jobs, hands them to pilots under leases, collects their results.
 
-    :param on_lease_lost: called with ``(job_before, job_after)`` when the
-        sweep takes a lease away, so the dispatcher can tell the pilot.
+    Hooks for the dispatcher: ``on_lease_lost(job_before, job_after)`` when
+    the sweep takes a lease away (to tell the pilot), ``on_work_available()``
+    when a job can be offered (to serve waiting pilots at once).
     """
 
     def __init__(
@@ -62,6 +63,8 @@ class JobManager:
         self.times = times or LeaseTimes()
         self.sweep_interval = sweep_interval
         self.on_lease_lost: Callable[[JobRecord, JobRecord], None] | None = None
+        #: Called when a job became dispatchable (submitted, or queued again).
+        self.on_work_available: Callable[[], None] | None = None
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = clock
 
@@ -111,7 +114,12 @@ class JobManager:
         job, event = lease.new_job(job_id, owner, spec, self.now())
         self.store.insert(job, event)
         log.info("job {job} submitted by {owner}", job=job_id, owner=owner)
+        self._work_available()
         return job
+
+    def _work_available(self) -> None:
+        if self.on_work_available is not None:
+            self.on_work_available()
 
     def job_for(self, owner: str, job_id: str) -> JobRecord:
         job = self.store.get(job_id)
@@ -196,6 +204,8 @@ class JobManager:
             self.storage.commit(job_id, lease_id)
         else:
             self.storage.discard(job_id, lease_id)
+            if after.state is JobState.QUEUED:
+                self._work_available()
         return after
 
     def _check_outputs(
@@ -250,4 +260,6 @@ class JobManager:
             log.info("job {job}: {state} after lease expiry", job=job.id, state=after.state)
             if self.on_lease_lost is not None and before.lease_accepted:
                 self.on_lease_lost(before, after)
+        if count:
+            self._work_available()
         return count
