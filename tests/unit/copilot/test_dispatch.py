@@ -45,7 +45,9 @@ def setup(tmp_path):
     manager = JobManager(store, JobStorage(str(tmp_path / "f")), clock, LeaseTimes(5, 20, 5))
     session = RecordingSession()
     Dispatcher(manager, session, "http://127.0.0.1:1", heartbeat_interval=3, retry_after=2)
+    manager.start()
     yield clock, manager, session
+    manager.stop()
     store.close()
 
 
