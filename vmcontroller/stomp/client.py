@@ -132,8 +132,7 @@ class StompClientProtocol(Protocol):
         self._expect_every = 0.0
         self._last_sent = 0.0
         self._last_heard = 0.0
-        self._send_timer: Any = None
-        self._recv_timer: Any = None
+        self._timer: Any = None
         self._lost = False
         self._receipt_ids = itertools.count(1)
         self._receipts: dict[str, defer.Deferred[None]] = {}
@@ -180,9 +179,8 @@ class StompClientProtocol(Protocol):
         for confirmed in receipts.values():
             confirmed.errback(Failure(ConnectionError("connection lost before the receipt")))
         self.is_connected = False
-        for timer in (self._send_timer, self._recv_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         if not self.handshake.called:
             self.handshake.errback(
                 Failure(StompError(f"connection closed before CONNECTED: {reason.value}"))
@@ -243,30 +241,34 @@ class StompClientProtocol(Protocol):
         ours = int(self.config.heartbeat * 1000)
         if ours and sy:
             self._send_every = max(ours, sy) / 1000.0
-            self._send_timer = self.clock.callLater(self._send_every, self._beat)
         if ours and sx:
             self._expect_every = max(ours, sx) / 1000.0
-            self._recv_timer = self.clock.callLater(self._expect_every, self._check_alive)
+        if self._send_every or self._expect_every:
+            self._timer = self.clock.callLater(self._next_tick(self.clock.seconds()), self._tick)
 
-    def _beat(self) -> None:
-        idle = self.clock.seconds() - self._last_sent
-        if idle >= self._send_every * 0.99:
+    def _tick(self) -> None:
+        """One timer for both directions: an idle agent wakes as rarely as possible."""
+        now = self.clock.seconds()
+        if self._expect_every:
+            silent = now - self._last_heard
+            if silent >= self._expect_every * self.config.heartbeat_grace:
+                log.warn("broker silent for {silent:.1f}s: connection presumed dead", silent=silent)
+                self._timer = None
+                self.transport.abortConnection()
+                return
+        if self._send_every and now - self._last_sent >= self._send_every * 0.99:
             self.transport.write(HEARTBEAT)
-            self._last_sent = self.clock.seconds()
-            idle = 0.0
-        self._send_timer = self.clock.callLater(max(self._send_every - idle, 0.01), self._beat)
+            self._last_sent = now
+        self._timer = self.clock.callLater(self._next_tick(now), self._tick)
 
-    def _check_alive(self) -> None:
-        silent = self.clock.seconds() - self._last_heard
-        limit = self._expect_every * self.config.heartbeat_grace
-        if silent >= limit:
-            log.warn("broker silent for {silent:.1f}s: connection presumed dead", silent=silent)
-            self._recv_timer = None
-            self.transport.abortConnection()
-            return
-        self._recv_timer = self.clock.callLater(
-            min(self._expect_every, limit - silent), self._check_alive
-        )
+    def _next_tick(self, now: float) -> float:
+        """Seconds until a heart-beat is due or the broker's silence becomes fatal."""
+        due = []
+        if self._send_every:
+            due.append(self._last_sent + self._send_every - now)
+        if self._expect_every:
+            due.append(self._last_heard + self._expect_every * self.config.heartbeat_grace - now)
+        return max(min(due), 0.01)
 
     # --- frames out ----------------------------------------------------------
 
