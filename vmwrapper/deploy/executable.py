@@ -33,13 +33,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = ROOT / "build" / "exe"
 #: The script PyInstaller freezes: ``python -m vmwrapper``.
 ENTRY_SCRIPT = ROOT / "vmwrapper" / "__main__.py"
-#: Packages whose modules go in (subcommands and drivers are imported by name).
+#: Packages whose sources the cache key covers.
 PACKAGES = ("vmwrapper", "vmcontroller")
+#: Packages whose every module goes in (subcommands and drivers are imported by name);
+#: of vmcontroller only what vmwrapper imports goes in (PyInstaller follows the imports).
+HIDDEN_IMPORT_PACKAGES = ("vmwrapper",)
 #: Modules the host side never needs; keeps the file small and quick to unpack.
 EXCLUDED_MODULES = (
     "vmcontroller.guest",  # the guest agent: inside the appliance image
+    "vmcontroller.copilot",  # Co-Pilot: its manager runs on a server, its pilot in the guest
     "vmwrapper.testing",  # the test project server and client harness
-    "trickle_handler", "pymysql",  # server side
+    "trickle_handler", "pymysql", "psycopg", "psycopg_binary", "sqlalchemy",  # server side
     "pytest", "_pytest", "hypothesis", "stomp", "PyInstaller", "setuptools", "pip",
     "pkg_resources", "distutils", "tkinter", "_tkinter", "idlelib", "lib2to3", "pydoc_data",
     "ensurepip", "venv", "turtledemo", "IPython",
@@ -60,7 +64,7 @@ class BuildError(RuntimeError):
 def source_files() -> list[pathlib.Path]:
     """Every file whose content goes into the executable, sorted."""
     files = [ENTRY_SCRIPT]
-    for module in package_modules():
+    for module in package_modules(PACKAGES):
         path = ROOT / module.replace(".", "/")
         files.append(path / "__init__.py" if path.is_dir() else path.with_suffix(".py"))
     return sorted(set(files))
@@ -70,14 +74,14 @@ def _excluded(module: str) -> bool:
     return any(module == ex or module.startswith(ex + ".") for ex in EXCLUDED_MODULES)
 
 
-def package_modules() -> list[str]:
-    """Every module of :data:`PACKAGES` that goes in (PyInstaller cannot see name-based imports).
+def package_modules(packages: Sequence[str] = HIDDEN_IMPORT_PACKAGES) -> list[str]:
+    """Every module of ``packages`` that goes in (PyInstaller cannot see name-based imports).
 
     Subcommands and hypervisor drivers are imported by name, so each module is
     listed as a hidden import, except the excluded ones.
     """
     modules = []
-    for package in PACKAGES:
+    for package in packages:
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
             if parts[-1] == "__init__":
@@ -113,6 +117,7 @@ def pyinstaller_command(dist: pathlib.Path, work: pathlib.Path) -> list[str]:
     """The PyInstaller command line for a one-file build into ``dist``."""
     command = [
         sys.executable, "-m", "PyInstaller", "--onefile", "--noconfirm", "--clean",
+        "--strip",  # no debug symbols: a smaller file and less to unpack at every start
         "--name", EXECUTABLE_NAME, "--log-level", "WARN",
         "--distpath", str(dist), "--workpath", str(work), "--specpath", str(work),
         "--paths", str(ROOT),

@@ -12,9 +12,12 @@ from vmwrapper.deploy import executable
 def test_host_side_modules_go_in_and_the_guest_agent_and_harness_do_not():
     modules = executable.package_modules()
     for needed in ("vmwrapper.app", "vmwrapper.job.check", "vmwrapper.deploy.cli",
-                   "vmwrapper.hypervisor.qemu", "vmcontroller.broker.server"):
+                   "vmwrapper.hypervisor.qemu"):
         assert needed in modules
-    assert not [m for m in modules if m.startswith(("vmcontroller.guest", "vmwrapper.testing"))]
+    assert not [m for m in modules if m.startswith("vmwrapper.testing")]
+    everything = executable.package_modules(executable.PACKAGES)
+    assert "vmcontroller.broker.server" in everything  # its sources are in the cache key
+    assert not [m for m in everything if m.startswith(("vmcontroller.guest", "vmcontroller.copilot"))]
 
 
 def test_every_subcommand_module_goes_in():
