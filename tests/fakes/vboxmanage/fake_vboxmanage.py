@@ -77,6 +77,7 @@ from tests.fakes.vboxmanage.store import (
     VBoxError,
     _atomic_write,
     _read_json,
+    freeze,
     kill_process,
     parse_version,
     process_start_time,
@@ -712,13 +713,13 @@ class FakeVBoxManage(MediaCommands, SnapshotCommands):
             if machine["state"] == "paused":
                 raise VBoxError("Invalid machine state: Paused", VBOX_E_INVALID_VM_STATE,
                                 "ConsoleWrap", "IConsole", "Pause()")
-            os.kill(pid, signal.SIGSTOP)
+            freeze(pid, True)
             set_state(machine, "paused", "Paused")
         elif action == "resume":
             if machine["state"] != "paused":
                 raise VBoxError(f"Invalid machine state: {machine['state'].capitalize()}",
                                 VBOX_E_INVALID_VM_STATE, "ConsoleWrap", "IConsole", "Resume()")
-            os.kill(pid, signal.SIGCONT)
+            freeze(pid, False)
             set_state(machine, "running", "Running")
         elif action == "poweroff":
             set_state(machine, machine["state"], "Stopping")

@@ -8,7 +8,8 @@ What it does while it lives, so that tests observe real effects:
 
 * it is a real process: ``pause`` is SIGSTOP, ``resume`` SIGCONT, power-off
   SIGTERM, a crash SIGKILL; its CPU time and memory are in ``/proc``;
-* it burns a little CPU every tick (about 2 % of a core) so CPU time grows;
+* it burns CPU while it "boots" (0.05 s) and a little every tick (about 2 % of a
+  core) so CPU time grows;
 * it keeps a "guest memory" file (``fake-vm-ram.json`` in the VM folder) with a
   tick counter and the guest's monotonic clock, rewritten every tick; the
   counter only advances while the process runs, so it stops while paused and a
@@ -34,6 +35,10 @@ import time
 
 TICK = 0.1
 BUSY = 0.002
+#: CPU seconds a "boot" takes, as a real guest burns CPU while it starts. Also makes
+#: the process's CPU time visible in /proc, which samples at clock ticks and can
+#: miss 2 ms bursts entirely.
+BOOT_CPU = 0.05
 
 
 def _write_ram(path: str, ram: dict) -> None:
@@ -62,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGUSR1, on_power_button)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    boot_end = time.process_time() + BOOT_CPU
+    while time.process_time() < boot_end:
+        pass
     _log(args.log, f"Guest Log: fake guest running (ticks={ram['ticks']})")
     if args.serial:
         with open(args.serial, "a") as serial:

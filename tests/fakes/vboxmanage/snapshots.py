@@ -11,7 +11,6 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import uuid as uuidlib
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.fakes.vboxmanage.store import (
     VBOX_E_OBJECT_NOT_FOUND,
     VBoxError,
     _read_json,
+    freeze,
     set_state,
     syntax_error,
     write_vdi,
@@ -47,7 +47,7 @@ class SnapshotCommands:
         target = snapshots / f"{stamp}.sav"
         was_running = machine["state"] == "running"
         if was_running:
-            os.kill(machine["pid"], signal.SIGSTOP)
+            freeze(machine["pid"], True)
         try:
             ram = _read_json(Path(machine["folder"]) / "fake-vm-ram.json") or {
                 "ticks": 0, "guest_clock": 0.0}
@@ -64,7 +64,7 @@ class SnapshotCommands:
                                 "IConsole") from None
         finally:
             if was_running:
-                os.kill(machine["pid"], signal.SIGCONT)
+                freeze(machine["pid"], False)
         return target
 
     # ---- snapshot (manual: snapshot; vboxwrapper: create_snapshot, cleanup_snapshots,

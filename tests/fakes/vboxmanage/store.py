@@ -105,6 +105,25 @@ def process_alive(pid: int | None, start: int | None) -> bool:
     return bool(pid) and start is not None and process_start_time(pid) == start
 
 
+def _process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+def freeze(pid: int, frozen: bool) -> None:
+    """SIGSTOP/SIGCONT the VM process and wait until it is so, as ``controlvm
+    pause``/``resume`` return only once the VM is paused/running."""
+    os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        state = _process_state(pid)
+        if state in ("Z", "X") or (state in ("T", "t")) == frozen:
+            return
+        time.sleep(0.001)
+
+
 def kill_process(pid: int, start: int | None) -> None:
     """SIGKILL the VM process if it is still the one we started, and wait for it."""
     if not process_alive(pid, start):

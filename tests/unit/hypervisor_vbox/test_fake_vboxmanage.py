@@ -44,6 +44,17 @@ class Fake:
         (self.root / "home" / "fake-faults.json").write_text(json.dumps(list(rules)))
 
 
+def wait_for_ticks(ram_file: Path, at_least: int) -> int:
+    """Wait until the fake guest's counter reaches ``at_least``; return its value."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ticks = json.loads(ram_file.read_text())["ticks"]
+        if ticks >= at_least:
+            return ticks
+        time.sleep(0.02)
+    raise AssertionError(f"the fake guest did not reach {at_least} ticks")
+
+
 @pytest.fixture
 def vbm(tmp_path):
     helper = Fake(tmp_path)
@@ -151,7 +162,6 @@ def test_snapshots_keep_files_until_deleted_and_restore_brings_memory_back(vbm, 
     vbm.ok("controlvm", vm, "pause")
     out = vbm.ok("snapshot", vm, "take", "boinc_1")
     assert "Snapshot taken. UUID:" in out
-    ram = json.loads((tmp_path / "slot" / vm / "fake-vm-ram.json").read_text())
     vbm.ok("controlvm", vm, "resume")
     vbm.ok("snapshot", vm, "take", "boinc_2")
     assert len(list(snapshots.glob("*.sav"))) == 2
@@ -170,19 +180,23 @@ def test_snapshots_keep_files_until_deleted_and_restore_brings_memory_back(vbm, 
     status, _, err = vbm("snapshot", vm, "list")
     assert "does not have any snapshots" in err
     # restore a snapshot taken while paused: the memory counter comes back
+    ram_file = tmp_path / "slot" / vm / "fake-vm-ram.json"
     vbm.ok("startvm", vm)
     vbm.ok("controlvm", vm, "pause")
     vbm.ok("snapshot", vm, "take", "boinc_3")
-    ram = json.loads((tmp_path / "slot" / vm / "fake-vm-ram.json").read_text())
+    snap = json.loads(ram_file.read_text())["ticks"]
     vbm.ok("controlvm", vm, "resume")
-    time.sleep(0.3)
+    later = wait_for_ticks(ram_file, snap + 10)
     vbm.ok("controlvm", vm, "poweroff")
     assert "Restoring snapshot 'boinc_3'" in vbm.ok("snapshot", vm, "restorecurrent")
     assert vbm.info(vm)["VMState"] == "saved"
     vbm.ok("startvm", vm)
-    time.sleep(0.05)
-    restored = json.loads((tmp_path / "slot" / vm / "fake-vm-ram.json").read_text())
-    assert ram["ticks"] <= restored["ticks"] < ram["ticks"] + 3
+    (pid,) = fake_vm_pids(tmp_path)
+    deadline = time.monotonic() + 5
+    while json.loads(ram_file.read_text()).get("pid") != pid and time.monotonic() < deadline:
+        time.sleep(0.005)
+    restored = json.loads(ram_file.read_text())["ticks"]
+    assert snap <= restored < later  # from the snapshot, not from where it stopped
 
 
 def test_unregister_delete_removes_vm_files_but_not_the_base(vbm, vm, tmp_path):
