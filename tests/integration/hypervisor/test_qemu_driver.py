@@ -251,8 +251,10 @@ def test_create_adopts_its_own_overlay_but_not_another_images(qemu_session, appl
 @pytest.fixture(scope="session")
 def generic_appliance():
     """The appliance with Debian's generic kernel (9p, AHCI, e1000), built once and cached."""
+    from tests.integration.hypervisor.harness_qemu import require_qemu
     from vmwrapper.appliance.builder import BuildOptions, build, default_output
 
+    require_qemu()
     return build(BuildOptions(output=default_output(), kernel="generic", formats=("qcow2",)))
 
 
