@@ -178,7 +178,12 @@ def message_logger(log: BoincLog) -> MessageLog:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trickle_handler`` console script."""
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["stats"]:  # the statistics view: trickle_handler/stats.py
+        from trickle_handler.stats import main as stats_main  # noqa: PLC0415
+
+        return stats_main(argv[1:])
+    args = parse_args(argv)
     log = BoincLog(args.debug_level)
     try:
         db_url = parse_database_url(args.db) if args.db else None
