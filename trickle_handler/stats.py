@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from trickle_handler.batch import BatchStats
 from trickle_handler.config import ConfigError, locate
@@ -252,6 +253,9 @@ def main(argv: Sequence[str], now: float | None = None) -> int:
         return EXIT_ERROR
     last = args.until if args.until is not None else (time.time() if now is None else now)
     until = hour_of(last) + HOUR
+    if where.db.scheme == "sqlite" and not Path(where.db.database).is_file():
+        print(f"trickle_handler stats: no database file {where.db.database}", file=sys.stderr)
+        return EXIT_ERROR
     db = open_database(where.db)
     try:
         db.connect()

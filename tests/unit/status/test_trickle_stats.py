@@ -147,7 +147,11 @@ def test_trickle_handler_command_dispatches_stats(project):
 def test_command_line_errors(tmp_path, capsys):
     assert stats_main(["--db", "postgres://x/y"]) == 1
     assert "unknown scheme" in capsys.readouterr().err
+    assert stats_main(["--db", f"sqlite:///{tmp_path}/missing.db"]) == 1
+    assert "no database file" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()
     empty = tmp_path / "empty.db"
+    empty.touch()
     assert stats_main(["--db", f"sqlite:///{empty}"]) == 1
     assert "no msg_from_host table" in capsys.readouterr().err
     for bad in (["--hours", "0"], ["--until", "yesterday"]):
