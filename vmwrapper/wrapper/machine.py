@@ -55,8 +55,12 @@ TICK = 1.0
 PROGRESS_PERIOD = 10.0
 #: Largest progress file fetched from the guest (only its last 32 bytes matter).
 PROGRESS_MAX_BYTES = 64 * 1024
-#: The client kills the app 60 s after <quit/>/<abort/>; everything must be done by then.
-QUIT_BUDGET = 45.0
+#: The client kills the app 60 s after <quit/>/<abort/>; these bounds keep the exit within
+#: about 50 s: checkpoint, then power-off (or destroy), then closing the broker link.
+QUIT_CHECKPOINT_BUDGET = 30.0
+POWER_OFF_BUDGET = 10.0
+DESTROY_BUDGET = 20.0
+CLOSE_BUDGET = 5.0
 #: Seconds the last trickle may take to be taken by the client.
 FINAL_TRICKLE_TIMEOUT = 20.0
 #: Seconds to let the guest power off after the ACPI button before pulling the plug.
@@ -785,7 +789,7 @@ class Wrapper(RuntimeListener):
     async def _save_and_stop(self) -> None:
         if self._vm_alive and self.phase == "running tasks" and self._run_seq is not None \
                 and self.driver.capabilities.checkpoint:
-            saved = await _bounded(self._checkpoint(), QUIT_BUDGET - 10.0, self.clock)
+            saved = await _bounded(self._checkpoint(), QUIT_CHECKPOINT_BUDGET, self.clock)
             if not saved:
                 self._log("could not save the VM before exiting; the next start continues "
                           "from the previous checkpoint")
@@ -795,7 +799,7 @@ class Wrapper(RuntimeListener):
     async def _stop_vm(self) -> None:
         self._expect_stop()
         if self._vm_created:
-            await _bounded(self.driver.power_off(self.vm_name, POWER_OFF_GRACE), 20.0,
+            await _bounded(self.driver.power_off(self.vm_name, POWER_OFF_GRACE), POWER_OFF_BUDGET,
                            self.clock, raise_errors=True)
         self._save_state()
 
@@ -803,11 +807,11 @@ class Wrapper(RuntimeListener):
         """Remove the VM and the wrapper's files (all of them unless *keep_state*)."""
         self._expect_stop()
         if self._vm_created:
-            await _bounded(self.driver.destroy(self.vm_name), 30.0, self.clock,
+            await _bounded(self.driver.destroy(self.vm_name), DESTROY_BUDGET, self.clock,
                            raise_errors=True)
         else:
             await _bounded(self.driver.cleanup_stale(self.layout.vm_dir, keep_checkpoint=False),
-                           30.0, self.clock, raise_errors=True)
+                           DESTROY_BUDGET, self.clock, raise_errors=True)
         if keep_state:
             self._forget_checkpoint()
             self._save_state()
@@ -825,7 +829,7 @@ class Wrapper(RuntimeListener):
 
     async def _close_channel(self) -> None:
         try:
-            await _bounded(self.channel.close(), 10.0, self.clock)
+            await _bounded(self.channel.close(), CLOSE_BUDGET, self.clock)
         except Exception as error:  # noqa: BLE001 - exiting anyway
             self._log(f"closing the guest channel: {_describe(error)}")
 

@@ -20,6 +20,7 @@ import enum
 from dataclasses import dataclass
 
 from twisted.internet import defer
+from twisted.internet import error as net_error
 
 from vmwrapper.boinc.errors import BoincApiError
 from vmwrapper.boinc.exitcodes import RESTART_DELAY, ExitStatus
@@ -104,6 +105,8 @@ def outcome_for_error(error: BaseException) -> Outcome:
         return Outcome.temporary(f"the BOINC slot is not usable yet: {error}")
     if isinstance(error, defer.CancelledError):
         return Outcome.temporary("an operation was cancelled")
+    if isinstance(error, (defer.TimeoutError, net_error.ConnectError, net_error.ConnectionLost)):
+        return Outcome.temporary(f"cannot reach the message broker: {type(error).__name__}: {error}")
     if isinstance(error, OSError):
         return Outcome.temporary(f"{type(error).__name__}: {error}")
     return Outcome.failure(ExitStatus.CHILD_FAILED,

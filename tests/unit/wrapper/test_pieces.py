@@ -6,6 +6,7 @@ import os
 
 import pytest
 from twisted.internet import defer
+from twisted.internet import error as net_error
 
 from tests.unit.wrapper.fakes import FakeDriver
 from vmwrapper.boinc.errors import SlotError
@@ -177,6 +178,9 @@ def test_cpu_meter_only_grows_across_vm_processes():
     (hv.OperationTimeout("slow"), Ending.TEMPORARY, 0),
     (hv.VMStateError("odd"), Ending.FINISH, ExitStatus.CHILD_FAILED),
     (SlotError("slot"), Ending.TEMPORARY, 0),
+    (ConnectionRefusedError("refused"), Ending.TEMPORARY, 0),
+    (net_error.ConnectError("no broker"), Ending.TEMPORARY, 0),
+    (defer.TimeoutError("slow broker"), Ending.TEMPORARY, 0),
     (RuntimeError("bug"), Ending.FINISH, ExitStatus.CHILD_FAILED),
     (WrapperError(Outcome.abort()), Ending.ABORT, ExitStatus.ABORTED_BY_CLIENT),
 ])
