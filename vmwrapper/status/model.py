@@ -173,6 +173,18 @@ class GuestOutputTail:
         """An ``on_output(stream, data)`` callback (the guest channel's shape)."""
         return lambda _stream, data: self.feed(data)
 
+    def tee(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """A logger that writes through *log* and also keeps each line here.
+
+        For ``CappedOutput(tail.tee(log))``: guest lines reach stderr.txt and the page.
+        """
+
+        def write(message: str) -> None:
+            log(message)
+            self.feed(message + "\n")
+
+        return write
+
     def snapshot(self) -> tuple[str, ...]:
         """The kept lines, oldest first."""
         return tuple(self._tail)
