@@ -125,11 +125,23 @@ def test_trickle_is_stored_like_boincs_scheduler_and_credited(
     assert database.rows("SELECT handled FROM msg_from_host") == [(1,)]
 
 
+@pytest.fixture(params=[pytest.param("mariadb", marks=pytest.mark.mariadb), "sqlite"])
+def project_database_url(request, tmp_path):
+    """A fresh project database: MariaDB, or SQLite (the embedded default)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'project.db'}"
+    return request.getfixturevalue("deploy_database")
+
+
 @pytest.mark.qemu
-@pytest.mark.mariadb
 def test_deployed_app_version_runs_the_sample_job_in_the_appliance_and_earns_credit(
-        standalone_exe, appliance_image, boinc_client, project_server, deploy_database, tmp_path):
-    """The whole chain: bundle -> client -> executable -> QEMU guest -> trickle -> DB -> credit."""
+        standalone_exe, appliance_image, boinc_client, project_server, project_database_url,
+        tmp_path):
+    """The whole chain: bundle -> client -> executable -> QEMU guest -> trickle -> DB -> credit.
+
+    The job's broker is the embedded one; the database MariaDB or SQLite.
+    """
+    deploy_database = project_database_url
     database = ProjectDatabase(deploy_database).attach(project_server)
     (tmp_path / "project").mkdir()
     result = deploy(DeployRequest(
