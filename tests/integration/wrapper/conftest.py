@@ -52,6 +52,16 @@ def kill_qemus_under(directory: pathlib.Path) -> list[int]:
     return pids
 
 
+def install_wrapper(client: BoincClient, server: ProjectServer, built) -> None:
+    """Install vmwrapper on *client* for *server*'s project; the image links to the appliance."""
+    project_dir = client.install_app(server.url, APP_NAME,
+                                     {LAUNCHER: launcher_program(), IMAGE: b"placeholder"},
+                                     LAUNCHER, avg_ncpus=1.0)
+    image = project_dir / IMAGE
+    image.unlink()
+    image.symlink_to(built.qcow2)
+
+
 @pytest.fixture(scope="session")
 def wrapper_project():
     with ProjectServer() as server:
@@ -73,12 +83,7 @@ def wrapper_client(request, wrapper_project, appliance, tmp_path_factory):  # no
         kill_qemus_under(data_dir)
 
     request.addfinalizer(stop)
-    project_dir = client.install_app(wrapper_project.url, APP_NAME,
-                                     {LAUNCHER: launcher_program(), IMAGE: b"placeholder"},
-                                     LAUNCHER, avg_ncpus=1.0)
-    image = project_dir / IMAGE
-    image.unlink()
-    image.symlink_to(appliance.qcow2)
+    install_wrapper(client, wrapper_project, appliance)
     rpcs = len(wrapper_project.rpcs)
     client.start(attach=(wrapper_project.url, AUTHENTICATOR))
     wrapper_project.wait_for_rpc(rpcs, timeout=60)

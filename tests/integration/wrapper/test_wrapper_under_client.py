@@ -202,3 +202,45 @@ def test_failures_end_with_boinc_status_message_and_no_orphan(submit, wrapper_cl
         leftovers = kill_qemus_under(wrapper_client.data_dir)
     assert leftovers == [], "QEMU processes outlived their tasks"
     assert list((wrapper_client.data_dir / "slots").glob("*/vm/*")) == []
+
+
+def test_client_death_saves_the_vm_and_the_restarted_client_resumes_it(
+        wrapper_project, appliance, tmp_path_factory):  # noqa: F811
+    from tests.integration.wrapper.conftest import VMJob, install_wrapper
+    from vmwrapper.testing.client import BoincClient
+    from vmwrapper.testing.project_server import AUTHENTICATOR
+
+    data_dir = tmp_path_factory.mktemp("wrapper-boinc-death")
+    clients = [BoincClient(data_dir)]
+    try:
+        install_wrapper(clients[0], wrapper_project, appliance)
+        rpcs = len(wrapper_project.rpcs)
+        clients[0].start(attach=(wrapper_project.url, AUTHENTICATOR))
+        wrapper_project.wait_for_rpc(rpcs, timeout=60)
+        wrapper_project.add_workunit("wu_death", app_name="vmwrapper", output_files=("out",),
+                                     input_files={"in": b"alive\n",
+                                                  "job.xml": job_xml(TICK_TASK.format(ticks=25)).encode()})
+        clients[0].update_project(wrapper_project.url)
+        job = VMJob(wrapper_project, clients[0], "wu_death")
+        job.wait_log(r"tick 3\b", timeout=150)
+        slot, pid = job.slot_dir(), job.pid()
+
+        clients[0].kill_client_only()
+        wait_until(lambda: not procinfo.is_running(pid), 60, "the wrapper to notice the client died")
+        text = (slot / "stderr.txt").read_text()
+        assert "the BOINC client has exited" in text and "checkpoint saved" in text
+        assert processes_in(slot / "vm") == [], "QEMU survived the wrapper"
+
+        clients.append(BoincClient(data_dir))
+        clients[1].start()
+        job.client = clients[1]
+        job.wait_log("continued from the checkpoint", timeout=120)
+        result = wait_reported(job, timeout=180)
+        assert result.exit_status == 0, result.stderr_out
+        assert wrapper_project.uploads["wu_death_0_out"] == b"alive\nticks=25\n"
+        (_, before), (_, after) = ticks_by_process(result.stderr_out)
+        assert after[0] > 1 and after[0] >= before[-1] - 2
+    finally:
+        for client in clients:
+            client.stop()
+        kill_qemus_under(data_dir)
