@@ -72,8 +72,7 @@ def _load_job(path: pathlib.Path) -> JobDescription:
     from vmwrapper.job.issues import JobFileError  # noqa: PLC0415 - only deploy needs it
     from vmwrapper.job.load import load_job  # noqa: PLC0415
 
-    if not path.is_file():
-        raise DeployError(f"--job {str(path)!r}: no such file")
+    _check_file("--job", path, "see job.xml in the source tree for a sample")
     try:
         return load_job(path).job
     except JobFileError as exc:
@@ -84,16 +83,19 @@ def _load_job(path: pathlib.Path) -> JobDescription:
         ) from None
 
 
+def _check_file(option: str, path: pathlib.Path, how_to_make: str) -> None:
+    if not path.exists():
+        raise DeployError(f"{option} {str(path)!r}: no such file ({how_to_make})")
+    if not path.is_file():
+        raise DeployError(f"{option} {str(path)!r} is not a regular file")
+
+
 def _check_inputs(request: DeployRequest) -> None:
-    if not request.image.is_file():
-        raise DeployError(f"--image {str(request.image)!r}: no such file (build one with "
-                          "`vmwrapper appliance build`)")
+    _check_file("--image", request.image, "build one with `vmwrapper appliance build`")
     if request.image.stat().st_size == 0:
         raise DeployError(f"--image {str(request.image)!r} is empty")
     exe = request.executable
-    if not exe.is_file():
-        raise DeployError(f"--executable {str(exe)!r}: no such file (build it with "
-                          "`vmwrapper build-exe`)")
+    _check_file("--executable", exe, "build it with `vmwrapper build-exe`")
     if not os.access(exe, os.X_OK):
         raise DeployError(f"--executable {str(exe)!r} is not executable (chmod +x it)")
     if not request.project_dir.is_dir():

@@ -87,6 +87,7 @@ def test_daemon_entry_caps_one_trickle_at_the_jobs_period(inputs):
 
 @pytest.mark.parametrize("problem, change, message", [
     ("missing image", lambda i, t: {"image": t / "nope.qcow2"}, "--image .* no such file"),
+    ("image is a dir", lambda i, t: {"image": t}, "--image .* is not a regular file"),
     ("empty image", lambda i, t: {"image": _empty(t)}, "--image .* is empty"),
     ("missing job", lambda i, t: {"job": t / "nope.xml"}, "--job .* no such file"),
     ("invalid job", lambda i, t: {"job": _bad_job(t)}, "not a valid job description"),
