@@ -416,3 +416,16 @@ def test_failed_snapshot_keeps_the_previous_one_and_the_vm_running(vbox):
     assert vbox.call(driver.has_checkpoint, spec.name)
     assert vbox.call(driver.save_checkpoint, spec.name).name != first.name
     vbox.call(driver.destroy, spec.name)
+
+
+def test_vboxsvc_unreachable_is_retried_then_reported(vbox):
+    driver = vbox.driver(retry_delay=0.01)
+    vbox.faults({"command": "list", "fault": "vboxsvc_unreachable", "times": 2})
+    assert vbox.call(driver.probe_host).hypervisor == "virtualbox"
+    assert [c["status"] for c in vbox.calls() if "hostinfo" in c["argv"]] == [1, 1, 0]
+    vbox.faults({"command": "list", "fault": "vboxsvc_unreachable"})
+    with pytest.raises(errors.HypervisorNotInstalled, match="reinstalled"):
+        vbox.call(vbox.driver(retry_delay=0.01).probe_host)
+    vbox.faults({"command": "list", "fault": "vboxdrv_missing"})
+    with pytest.raises(errors.HypervisorNotInstalled, match="kernel"):
+        vbox.call(vbox.driver().probe_host)
