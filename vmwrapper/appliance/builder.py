@@ -9,8 +9,9 @@ udev, seconds under TCG), an MBR disk with one active ext4 partition labelled
 
 Two cache levels, both under the output directory, so a rebuild is cheap:
 
-* ``base-<key>/root``: the debootstrapped tree with the kernel (~1 minute to
-  make); its key covers the suite, mirror, package list and kernel flavour;
+* ``debootstrap-<key>/root``: the debootstrapped tree (~1 minute to make), shared
+  by both kernel flavours; its key covers the suite, mirror and package list;
+* ``base-<key>/root``: that tree with a kernel flavour installed (seconds);
 * ``image-<key>/``: the finished disks; the key adds the guest scripts and the
   ``vmcontroller`` package copied into the image, so a change to the agent code
   rebuilds the disk (seconds) but not the root tree.
@@ -188,17 +189,42 @@ def _chroot_mounts(root: Path) -> Iterator[None]:
             subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def _build_root(opts: BuildOptions, log: Callable[[str], None]) -> Path:
-    """Debootstrap the root tree with the kernel, or reuse the cached one."""
-    final = opts.output / f"base-{base_key(opts)}"
+def debootstrap_key(opts: BuildOptions) -> str:
+    """Cache key of the debootstrapped tree shared by both kernel flavours."""
+    return _digest(str(RECIPE_VERSION).encode(), opts.suite.encode(), opts.mirror.encode(),
+                   " ".join(PACKAGES).encode())
+
+
+def _debootstrap(opts: BuildOptions, log: Callable[[str], None]) -> Path:
+    """The debootstrapped tree without a kernel (apt lists kept for the kernel step)."""
+    final = opts.output / f"debootstrap-{debootstrap_key(opts)}"
     if (final / "root").is_dir() and not opts.force:
         return final / "root"
-    work = Path(tempfile.mkdtemp(prefix=".base-", dir=opts.output))
-    root = work / "root"
+    work = Path(tempfile.mkdtemp(prefix=".debootstrap-", dir=opts.output))
     try:
         log(f"debootstrap {opts.suite} minbase + {', '.join(PACKAGES)} (about a minute)")
         _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-              opts.suite, str(root), opts.mirror], "debootstrap")
+              opts.suite, str(work / "root"), opts.mirror], "debootstrap")
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return final / "root"
+
+
+def _build_root(opts: BuildOptions, log: Callable[[str], None]) -> Path:
+    """The root tree with the kernel: the debootstrapped tree plus the kernel flavour."""
+    final = opts.output / f"base-{base_key(opts)}"
+    if (final / "root").is_dir() and not opts.force:
+        return final / "root"
+    bootstrapped = _debootstrap(opts, log)
+    work = Path(tempfile.mkdtemp(prefix=".base-", dir=opts.output))
+    root = work / "root"
+    try:
+        _run(["cp", "-a", "--reflink=auto", str(bootstrapped), str(root)],
+             "copying the debootstrapped tree")
         log(f"installing {KERNELS[opts.kernel]} in the image")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C")
         with _chroot_mounts(root):

@@ -97,7 +97,10 @@ def test_image_key_follows_agent_code_but_not_the_root_tree(tmp_path, monkeypatc
     (agent / "agent.py").write_text("print('v2')\n")
     assert builder.image_key(opts) != key
     assert builder.base_key(opts) == base
-    assert builder.base_key(dataclasses.replace(opts, kernel="generic")) != base
+    generic = dataclasses.replace(opts, kernel="generic")
+    assert builder.base_key(generic) != base
+    assert builder.debootstrap_key(generic) == builder.debootstrap_key(opts), \
+        "both kernel flavours share one debootstrap"
     assert builder.find_built(opts=opts) is None
 
 
