@@ -101,3 +101,54 @@ def test_disconnect_fails_every_pending_command():
     assert later.result.check(QMPDisconnected)
     later.addErrback(lambda f: None)
     assert proto.closed.called
+
+
+def _fail_attempt(reactor, index: int) -> None:
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.python.failure import Failure
+
+    factory = reactor.unixClients[index][1]
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError("not yet")))
+
+
+def test_connect_retries_until_the_socket_answers():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from vmwrapper.hypervisor.qmp import connect_qmp
+
+    reactor = MemoryReactorClock()
+    events: list = []
+    d = connect_qmp(reactor, "/slot/vm/qmp.sock", timeout=5.0,
+                    on_event=lambda *e: events.append(e), retry_interval=0.1)
+    _fail_attempt(reactor, 0)
+    assert len(reactor.unixClients) == 1 and not d.called
+    reactor.advance(0.1)
+    assert reactor.unixClients[1][0] == "/slot/vm/qmp.sock"
+    proto = reactor.unixClients[1][1].buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(GREETING)
+    [caps] = _sent(transport)
+    proto.dataReceived(json.dumps({"return": {}, "id": caps["id"]}).encode() + b"\n")
+    qmp = d.result
+    assert isinstance(qmp, QMPProtocol)
+    qmp.dataReceived(b'{"event": "POWERDOWN", "timestamp": {"seconds": 1}}\n')
+    assert events and events[0][0] == "POWERDOWN"
+
+
+def test_connect_gives_up_at_the_deadline():
+    from twisted.internet.testing import MemoryReactorClock
+
+    from vmwrapper.hypervisor.qmp import connect_qmp
+
+    reactor = MemoryReactorClock()
+    d = connect_qmp(reactor, "/slot/vm/qmp.sock", timeout=1.0, retry_interval=0.25)
+    attempts = 0
+    while not d.called:
+        _fail_attempt(reactor, attempts)
+        attempts += 1
+        reactor.advance(0.25)
+    assert 3 <= attempts <= 5
+    failure = d.result
+    d.addErrback(lambda _: None)
+    assert failure.check(TimeoutError) and "qmp.sock" in str(failure.value)
