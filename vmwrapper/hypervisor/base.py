@@ -298,7 +298,8 @@ class HypervisorDriver(abc.ABC):
         ``spec.base_image``. If ``vm_dir`` already holds this VM's overlay from an
         earlier run (the wrapper was restarted), it is adopted as it is, with its
         checkpoints, so ``restore_checkpoint`` can continue the work; call
-        ``cleanup_stale`` first so that no earlier process still holds it.
+        ``cleanup_stale`` first so that no earlier process still holds it. An
+        overlay made from a different base image is replaced, checkpoint and all.
 
         :raises VMExists: this driver instance already has a VM by that name.
         :raises ImageMissing: ``base_image`` or ``config_disk`` does not exist.
