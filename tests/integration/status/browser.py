@@ -122,7 +122,11 @@ class Chromium:
             time.sleep(0.1)
 
     def screenshot(self, path: Path) -> None:
-        data = self.send("Page.captureScreenshot", format="png")["data"]
+        """The whole page (beyond the window's height) as a PNG file."""
+        size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        data = self.send("Page.captureScreenshot", format="png", clip=clip,
+                         captureBeyondViewport=True)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
 

@@ -94,3 +94,23 @@ def test_wrapper_count_of_checkpoints_wins(tmp_path):
     wrapper, runtime, _ = make(tmp_path, [])
     wrapper.checkpoints = 7
     assert WrapperView(wrapper, runtime).snapshot().checkpoints == 7
+
+
+def test_client_receives_the_page_url_through_shared_memory(tmp_path):
+    """The real runtime in a slot prepared as the client does: graphics_reply carries the URL."""
+    from vmwrapper.boinc.shmem import Channel
+    from vmwrapper.testing.fake_slot import make_slot
+
+    client_side = make_slot(tmp_path, "wu_status_0")
+    try:
+        logged: list[str] = []
+        wrapper, _, _ = make(tmp_path, logged)
+        runtime = BoincRuntime(tmp_path, clock=task.Clock(), exit=lambda s: None)
+        runtime.init()
+        view = start_status_page(MemoryReactorClock(), runtime, wrapper, log=logged.append)
+        message = client_side.receive(Channel.GRAPHICS_REPLY)
+        assert message == f"<web_graphics_url>{view.server.url}</web_graphics_url>\n"
+        assert view.server.url.startswith("http://127.0.0.1:")
+        view.server.stop()
+    finally:
+        client_side.close()
