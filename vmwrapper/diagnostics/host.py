@@ -83,8 +83,8 @@ def check_virtualization(hypervisor: str = "qemu", required: bool = False,
                "(add it to the 'kvm' group), then restart BOINC.")
     else:
         reason = Reason.VM_EXTENSIONS_DISABLED
-        why = (f"no VT-x/AMD-V flag in {cpuinfo} and no usable {kvm} "
-               f"({VM_EXTENSIONS_DISABLED})")
+        no_kvm = f" and no usable {kvm}" if hypervisor == "qemu" else ""
+        why = f"no VT-x/AMD-V flag in {cpuinfo}{no_kvm} ({VM_EXTENSIONS_DISABLED})"
         fix = ("Enable hardware virtualization (VT-x/AMD-V, 'SVM mode') in the computer's "
                "firmware (BIOS/UEFI) settings, and make sure no other hypervisor holds it.")
     if required or hypervisor != "qemu":
