@@ -19,6 +19,7 @@ from vmwrapper import __version__
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "appliance": ("vmwrapper.appliance.cli", "main", "build the guest appliance (appliance build)"),
     "check-job": ("vmwrapper.job.check", "main", "validate a job file and print the effective settings"),
+    "diagnose": ("vmwrapper.diagnostics.cli", "main", "check this computer for VM jobs (the pre-boot checks)"),
     "deploy": ("vmwrapper.deploy.cli", "main", "write a BOINC app version directory (version.xml)"),
     "build-exe": ("vmwrapper.deploy.executable", "main", "build the standalone executable (PyInstaller)"),
 }
