@@ -14,9 +14,11 @@ import uuid
 
 import pytest
 
+from tests.conftest import ARTIFACTS
 from vmwrapper.hypervisor.base import Checkpoint, PortForward, VMState
 from vmwrapper.hypervisor.errors import (
     CheckpointMissing,
+    HypervisorError,
     ImageCorrupt,
     ImageMissing,
     PortInUse,
@@ -28,10 +30,24 @@ from vmwrapper.hypervisor.errors import (
 
 @pytest.fixture
 def vm(harness, reactor_thread, tmp_path, request):
-    """A created (not started) VM; destroyed after the test whatever happens."""
+    """A created (not started) VM; its console log is kept under test-artifacts/ and
+    it is destroyed after the test whatever happens."""
     name = f"ct-{uuid.uuid4().hex[:8]}"
     spec = harness.make_spec(tmp_path / "vm", name)
-    request.addfinalizer(lambda: reactor_thread.call(harness.driver.destroy, name, timeout=60))
+
+    def finish() -> None:
+        try:
+            try:  # the test may have destroyed it already
+                text = reactor_thread.call(harness.driver.console_log, name, timeout=10)
+            except HypervisorError:
+                text = ""
+            if text:
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                (ARTIFACTS / f"hypervisor-{request.node.name}.console.log").write_text(text)
+        finally:
+            reactor_thread.call(harness.driver.destroy, name, timeout=60)
+
+    request.addfinalizer(finish)
     reactor_thread.call(harness.driver.create, spec)
     return spec
 
