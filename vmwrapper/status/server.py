@@ -38,6 +38,8 @@ from vmwrapper.status.secrets import SecretFilter
 DEFAULT_INTERVAL = 1.0
 #: Seconds between keep-alive comments on idle event streams.
 KEEPALIVE = 15.0
+#: Live pages served at once; more get 503 (a local program must not exhaust the wrapper).
+MAX_STREAMS = 16
 #: The interface the server listens on. Never anything else.
 LISTEN_ADDRESS = "127.0.0.1"
 
@@ -211,6 +213,10 @@ class StatusServer:
         return body
 
     def _open_stream(self, request: server.Request) -> Any:
+        if len(self._streams) >= MAX_STREAMS:
+            request.setResponseCode(503)
+            return self._static(request, b"text/plain; charset=utf-8",
+                                b"too many open status pages; close one\n")
         request.setHeader(b"Content-Type", b"text/event-stream")
         if request.method == b"HEAD":
             return b""

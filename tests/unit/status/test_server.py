@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from vmwrapper.status.model import StatusSnapshot
-from vmwrapper.status.server import StatusServer, is_loopback
+from vmwrapper.status.server import MAX_STREAMS, StatusServer, is_loopback
 
 
 class Provider:
@@ -141,6 +141,15 @@ def test_closed_streams_are_forgotten(served):
     assert server.open_streams == 0
     provider.snapshot = provider.snapshot.but(vm_state="paused")
     reactor.advance(1.0)  # must not write to the closed stream
+
+
+def test_open_streams_are_capped(served):
+    server = served[0]
+    for _ in range(MAX_STREAMS):
+        assert request(server, path="/events")[0] == 200
+    status, _, body, _ = request(server, path="/events")
+    assert status == 503 and b"too many" in body
+    assert server.open_streams == MAX_STREAMS
 
 
 def test_failing_provider_keeps_last_snapshot_and_logs_once(served):
