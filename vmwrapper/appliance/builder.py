@@ -474,15 +474,19 @@ def _add_formats(appliance: Appliance, formats: tuple[str, ...],
     return find_built_key(appliance.directory.parent, appliance.key)  # type: ignore[return-value]
 
 
-#: Older images kept besides the newest (a running test or VM may still use one).
+#: Older images kept besides the newest, and the age below which none is removed:
+#: a test session or VM started a while ago may still use one.
 KEEP_OLD_IMAGES = 2
+KEEP_YOUNGER_THAN = 2 * 3600.0
 
 
 def _prune(output: Path, keep: Path) -> None:
     images = sorted((p for p in output.glob("image-*") if p.is_dir() and p != keep),
                     key=lambda p: p.stat().st_mtime, reverse=True)
+    now = time.time()
     for old in images[KEEP_OLD_IMAGES:]:
-        shutil.rmtree(old, ignore_errors=True)
+        if now - old.stat().st_mtime > KEEP_YOUNGER_THAN:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _point_current(output: Path, final: Path) -> None:
