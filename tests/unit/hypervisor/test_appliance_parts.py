@@ -109,3 +109,18 @@ def test_build_options_reject_unknown_values(tmp_path):
         builder.BuildOptions(output=Path(tmp_path), kernel="rt")
     with pytest.raises(builder.BuildError, match="ova"):
         builder.BuildOptions(output=Path(tmp_path), formats=("ova",))
+
+
+def test_prune_keeps_recent_and_the_newest_old_images(tmp_path):
+    import os
+    import time
+
+    now = time.time()
+    ages = {"new": 0, "a": 10, "b": 20, "c": 30, "d": 3 * 3600, "e": 4 * 3600, "f": 5 * 3600}
+    for name, age in ages.items():
+        path = tmp_path / f"image-{name}"
+        path.mkdir()
+        os.utime(path, (now - age, now - age))
+    builder._prune(tmp_path, tmp_path / "image-new")
+    left = sorted(p.name[6:] for p in tmp_path.glob("image-*"))
+    assert left == ["a", "b", "c", "new"], "old and beyond the newest two: removed"
