@@ -149,6 +149,8 @@ async def _build_and_run(reactor: Any, runtime: BoincRuntime, cpu: CpuSource,
     for warning in loaded.warnings:
         log(str(warning))
     job = loaded.job
+    if not _host_ready(runtime, job, slot_dir, candidate_drivers(job)):
+        return
     try:
         driver = await choose_driver(reactor, candidate_drivers(job))
     except Exception as error:  # noqa: BLE001 - mapped onto an exit
@@ -162,7 +164,31 @@ async def _build_and_run(reactor: Any, runtime: BoincRuntime, cpu: CpuSource,
     wrapper = build_wrapper(reactor, runtime, slot_dir, job, driver)
     cpu.source = wrapper.episode_cpu
     _install_signal_handlers(reactor, wrapper)
+    _attach_status_page(reactor, runtime, wrapper, driver)
     wrapper.run()
+
+
+def _host_ready(runtime: BoincRuntime, job: Any, slot_dir: pathlib.Path,
+                drivers: tuple[str, ...]) -> bool:
+    """The pre-boot checks (``vmwrapper.diagnostics``); False after a temporary exit."""
+    if not drivers:
+        return True
+    from vmwrapper.diagnostics.host import check_host  # noqa: PLC0415
+
+    diagnosis = check_host(drivers, int(job.vm_memory_mb), slot_dir)
+    return bool(diagnosis.act(runtime))
+
+
+def _attach_status_page(reactor: Any, runtime: BoincRuntime, wrapper: Any, driver: Any) -> None:
+    """The volunteer's status page (``web_graphics_url``) and the final summary lines."""
+    try:
+        from vmwrapper.status.wrapper_view import start_status_page  # noqa: PLC0415
+
+        view = start_status_page(reactor, runtime, wrapper, hypervisor=driver.name)
+    except Exception as error:  # noqa: BLE001 - the job runs without a page
+        log(f"status page unavailable: {type(error).__name__}: {error}")
+        return
+    wrapper.on_exit.append(lambda outcome: view.summary(outcome.describe()).write())
 
 
 async def choose_driver(reactor: Any, names: tuple[str, ...]) -> Any:

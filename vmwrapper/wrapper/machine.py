@@ -151,6 +151,23 @@ class Wrapper(RuntimeListener):
         self._started_at = 0.0
         self._vm_created = False
         self._duration_reached: defer.Deferred[Any] | None = None
+        #: checkpoints written in this run (the status page shows it)
+        self.checkpoints = 0
+        #: called with the outcome just before the process exits (final summary lines)
+        self.on_exit: list[Callable[[Outcome], None]] = []
+
+    @property
+    def current_task(self) -> str:
+        """The running task, as ``task N: application`` (empty between tasks)."""
+        index = self._task_running
+        if index is None:
+            return ""
+        return f"task {index + 1}: {self.job.task[index].application}"
+
+    @property
+    def task_fraction(self) -> float | None:
+        """The running task's own progress from its progress file, when it has one."""
+        return self._task_fraction
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -689,6 +706,7 @@ class Wrapper(RuntimeListener):
         self.state.run_seq = seq
         self._save_state()
         self.runtime.checkpoint_completed()
+        self.checkpoints += 1
         self._last_checkpoint_at = self.running_seconds
         self._log(f"checkpoint saved (VM CPU {self.cumulative_cpu():.1f} s)")
         return True
@@ -834,6 +852,11 @@ class Wrapper(RuntimeListener):
             self._log(f"closing the guest channel: {_describe(error)}")
 
     def _exit_with(self, outcome: Outcome) -> None:
+        for callback in self.on_exit:
+            try:
+                callback(outcome)
+            except Exception as error:  # noqa: BLE001 - exiting anyway
+                self._log(f"exit hook failed: {_describe(error)}")
         if outcome.ending is Ending.FINISH:
             finishing = self.runtime.finish(outcome.status, outcome.message or None)
             finishing.addBoth(lambda _: self.done.callback(outcome))

@@ -31,8 +31,13 @@ def assert_nothing_left(run) -> None:
 
 def test_job_runs_to_success_and_cleans_up(slot):
     run = slot.run(compute(30, output=b"1 a\n2 b\n"))
+    ended = []
+    run.wrapper.on_exit.append(ended.append)
     done = run.start()
-    run.advance(60)
+    run.advance(20)
+    assert run.wrapper.current_task == "task 1: /bin/sh" and run.wrapper.task_fraction > 0
+    run.advance(40)
+    assert ended == [done.result]
     assert done.called
     outcome = done.result
     assert outcome.ending is Ending.FINISH and outcome.status == 0
@@ -119,6 +124,7 @@ def test_checkpoint_saves_vm_then_state_then_tells_the_client(slot):
     run.advance(30)
     assert ("save_checkpoint", VM) in run.driver.calls
     assert run.runtime.checkpoints, "checkpoint_completed was not called"
+    assert run.wrapper.checkpoints == len(run.runtime.checkpoints)
     state = json.loads(run.layout.state_file.read_text())
     assert state["resumable"] is True and state["run_seq"] == 101 and state["task_index"] == 0
     assert state["cpu_time"] > 0
