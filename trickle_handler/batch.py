@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from trickle_handler import stats as stats_ledger
 from trickle_handler import store
 from trickle_handler.credit import NO_PERCENTILES, SpeedPercentiles, grant_average
 from trickle_handler.db import Database, RetryableError
@@ -199,6 +200,7 @@ class BatchHandler:
         store.save_accounts(db, "user", users.values())
         store.save_accounts(db, "team", teams.values())
         store.save_reasons(db, reason_rows)
+        stats_ledger.record_batch(db, self.variety, stats, now)
         return stats
 
 

@@ -9,6 +9,8 @@ database):
 - ``trickle_runtime_seen``: the (result, client ``<time>``) of every ``<runtime>`` trickle handled,
   so a resent one is credited once.
 - ``trickle_reason``: why a message was rejected or credited less than it claimed.
+- ``trickle_credit_hour``: credit granted and messages handled per hour and variety, added to in
+  each batch's transaction (``trickle_handler stats`` reads it; BOINC keeps only running totals).
 
 BOINC's tables (``msg_from_host``, ``result``, ``host``, ``user``, ``team``) carry BOINC's names and
 types (``db/schema.sql``) for the columns this daemon and the scheduler use; every other column a
@@ -43,7 +45,21 @@ _OURS = [
         detail              varchar(255) not null,
         primary key (msgid, reason)
     ){engine}""",
+    """CREATE TABLE IF NOT EXISTS trickle_credit_hour (
+        hour                integer     not null,
+        variety             varchar(254) not null,
+        batches             integer     not null,
+        messages            integer     not null,
+        credited            integer     not null,
+        rejected            integer     not null,
+        cpu_seconds         double      not null,
+        credit              double      not null,
+        primary key (hour, variety)
+    ){engine}""",
 ]
+
+#: The per-hour ledger's table definition (see ``trickle_handler.stats``).
+LEDGER_DDL = _OURS[-1]
 
 _BOINC: dict[str, list[str]] = {
     "msg_from_host": [

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from trickle_handler.batch import BatchStats
 from trickle_handler.config import ConfigError, locate
 from trickle_handler.db import (
     BadDatabaseURL,
@@ -40,6 +40,10 @@ from trickle_handler.db import (
     parse_database_url,
 )
 from trickle_handler.reasons import Reason
+from trickle_handler.schema import LEDGER_DDL
+
+if TYPE_CHECKING:
+    from trickle_handler.batch import BatchStats
 
 LEDGER_TABLE = "trickle_credit_hour"
 HOUR = 3600
@@ -48,24 +52,13 @@ DEFAULT_HOURS = 24
 EXIT_OK = 0
 EXIT_ERROR = 1
 
-_LEDGER_SQL = """CREATE TABLE IF NOT EXISTS trickle_credit_hour (
-    hour                integer     not null,
-    variety             varchar(254) not null,
-    batches             integer     not null,
-    messages            integer     not null,
-    credited            integer     not null,
-    rejected            integer     not null,
-    cpu_seconds         double      not null,
-    credit              double      not null,
-    primary key (hour, variety)
-){engine}"""
 _COUNTERS = ("batches", "messages", "credited", "rejected", "cpu_seconds", "credit")
 
 
 def ensure_ledger(db: Database) -> None:
     """Create the ledger table when missing (safe on a production database)."""
     engine = " ENGINE=InnoDB" if isinstance(db, MySQLDatabase) else ""
-    db.execute(_LEDGER_SQL.format(engine=engine))
+    db.execute(LEDGER_DDL.format(engine=engine))
 
 
 def hour_of(when: float) -> int:
