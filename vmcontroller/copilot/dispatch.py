@@ -153,12 +153,11 @@ class Dispatcher:
     def _on_done(self, agent: str, message: dict[str, Any]) -> None:
         job_id, lease_id = message["job_id"], message["lease_id"]
         try:
-            job = self.manager.done(agent, job_id, lease_id, message["result"], message["outputs"])
+            self.manager.done(agent, job_id, lease_id, message["result"], message["outputs"])
         except (LeaseRejected, NotFound) as error:
             log.info("late or foreign result for {job} rejected: {error}", job=job_id, error=error)
             self._send(agent, "rejected", job_id=job_id, lease_id=lease_id, reason=str(error))
             return
-        log.info("job {job} attempt ended: {state}", job=job_id, state=job.state)
         self._send(agent, "done_ack", job_id=job_id, lease_id=lease_id)
 
     def _lease_lost(self, before: JobRecord, after: JobRecord) -> None:

@@ -146,7 +146,7 @@ class JobManager:
     def want_job(self, agent: str, caps: Capabilities) -> JobRecord | None:
         """Offer the oldest fitting queued job to ``agent``; None if there is none."""
         now = self.now()
-        for candidate in self.store.candidates(caps, now):
+        for candidate in self.store.candidates(caps, now, limit=2):
             try:
                 job, event = lease.offer(candidate, agent, now, self.times)
             except LeaseRejected:
@@ -200,6 +200,8 @@ class JobManager:
             return lease.finish(current, lease_id, self.now(), result)
 
         after = self._update(job_id, rule)[1]
+        log.info("job {job} attempt {n} on {agent}: {state}", job=job_id, n=after.attempts,
+                 agent=agent, state=after.state)
         if after.state is JobState.DONE:
             self.storage.commit(job_id, lease_id)
         else:

@@ -137,23 +137,26 @@ class JobStorage:
         limit = min(self.max_file_bytes, self.max_job_bytes - already)
         return self._write(directory, name, source, sha256, max(limit, 0))
 
-    def commit(self, job_id: str, lease_id: str) -> list[FileInfo]:
-        """Make ``lease_id``'s staged uploads the job's outputs; return them."""
+    def commit(self, job_id: str, lease_id: str) -> None:
+        """Make ``lease_id``'s staged uploads the job's outputs (replacing older ones)."""
         staging = self._dir(job_id, "staging", lease_id)
         outputs = self._dir(job_id, "outputs")
-        os.makedirs(staging, exist_ok=True)
         if os.path.exists(outputs):
             shutil.rmtree(outputs)
-        os.replace(staging, outputs)
+        if os.path.isdir(staging):
+            os.replace(staging, outputs)
         self.discard_all_staging(job_id)
-        return self.outputs(job_id)
 
     def discard(self, job_id: str, lease_id: str) -> None:
         """Drop an attempt's uploads (it failed, or its lease expired)."""
-        shutil.rmtree(self._dir(job_id, "staging", lease_id), ignore_errors=True)
+        staging = self._dir(job_id, "staging", lease_id)
+        if os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)
 
     def discard_all_staging(self, job_id: str) -> None:
-        shutil.rmtree(self._dir(job_id, "staging"), ignore_errors=True)
+        staging = self._dir(job_id, "staging")
+        if os.path.isdir(staging):  # most jobs upload nothing but their logs
+            shutil.rmtree(staging, ignore_errors=True)
 
     # --- reading ---------------------------------------------------------------------
 

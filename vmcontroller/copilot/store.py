@@ -42,6 +42,16 @@ _COLUMNS = (
     "result", "cores", "memory_mb", "max_run_time",
 )  # fmt: skip
 
+#: What a save may change: the owner, the spec and the submit time never do.
+_MUTABLE_ASSIGNMENTS = ", ".join(
+    f"{name} = ?" for name in (
+        "state", "attempts", "version", "lease_id", "lease_token", "lease_agent",
+        "lease_expires", "lease_deadline", "lease_accepted", "result",
+    )
+)  # fmt: skip
+#: Parsed specs kept per store.
+_SPEC_CACHE = 10000
+
 
 class StoreError(RuntimeError):
     """The store URL is wrong or the database refused us."""
@@ -82,6 +92,7 @@ class Store:
     def __init__(self, connection: Any, paramstyle: str, schema: list[str]) -> None:
         self.connection = connection
         self._format = paramstyle == "format"
+        self._specs: dict[str, JobSpec] = {}
         with self._transaction() as cursor:
             for statement in schema:
                 cursor.execute(statement)
@@ -154,13 +165,21 @@ class Store:
             json.dumps(job.result), job.spec.cores, job.spec.memory_mb, job.spec.max_run_time,
         )  # fmt: skip
 
-    @staticmethod
-    def _record(row: tuple[Any, ...]) -> JobRecord:
+    def _spec(self, text: str) -> JobSpec:
+        """Parse a stored spec, once: specs never change, and dispatch loads them often."""
+        spec = self._specs.get(text)
+        if spec is None:
+            if len(self._specs) >= _SPEC_CACHE:
+                self._specs.clear()
+            spec = self._specs[text] = JobSpec.from_dict(json.loads(text))
+        return spec
+
+    def _record(self, row: tuple[Any, ...]) -> JobRecord:
         values = dict(zip(_COLUMNS, row, strict=True))
         return JobRecord(
             id=values["id"],
             owner=values["owner"],
-            spec=JobSpec.from_dict(json.loads(values["spec"])),
+            spec=self._spec(values["spec"]),
             state=JobState(values["state"]),
             created=float(values["created"]),
             attempts=int(values["attempts"]),
@@ -195,11 +214,15 @@ class Store:
 
         :returns: False when someone else changed the job first (nothing written).
         """
-        assignments = ", ".join(f"{name} = ?" for name in _COLUMNS[1:])
         with self._transaction() as cursor:
             cursor.execute(
-                self._sql(f"UPDATE copilot_jobs SET {assignments} WHERE id = ? AND version = ?"),
-                (*self._row(job)[1:], job.id, expected_version),
+                self._sql(f"UPDATE copilot_jobs SET {_MUTABLE_ASSIGNMENTS}"
+                          " WHERE id = ? AND version = ?"),
+                (
+                    str(job.state), job.attempts, job.version, job.lease_id, job.lease_token,
+                    job.lease_agent, job.lease_expires, job.lease_deadline,
+                    int(job.lease_accepted), json.dumps(job.result), job.id, expected_version,
+                ),
             )
             if cursor.rowcount != 1:
                 return False

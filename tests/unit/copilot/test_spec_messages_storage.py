@@ -80,8 +80,8 @@ def test_uploads_are_checked_and_committed_per_lease(tmp_path):
         with pytest.raises(StorageError, match="bad_name"):
             storage.save_upload("job1", "lease1", bad, io.BytesIO(b"x"), _sha(b"x"))
     assert [i.name for i in storage.staged("job1", "lease1")] == ["out.txt"]
-    committed = storage.commit("job1", "lease1")
-    assert [(i.name, i.size) for i in committed] == [("out.txt", 5)]
+    storage.commit("job1", "lease1")
+    assert [(i.name, i.size) for i in storage.outputs("job1")] == [("out.txt", 5)]
     assert storage.staged("job1", "lease2") == []  # the other lease's upload is gone
     assert open(storage.output_path("job1", "out.txt"), "rb").read() == b"12345"
     with pytest.raises(StorageError, match="not_found"):
