@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from vmwrapper.boinc import API_VERSION
 from vmwrapper.deploy.manifest import AppFile, app_info_xml, trickle_handler_daemon, version_xml
 from vmwrapper.deploy.spec import AppVersionId, DeployError
+from vmwrapper.progress_bar import copy_with_progress
 
 if TYPE_CHECKING:
     from vmwrapper.job.model import JobDescription
@@ -120,7 +121,7 @@ def max_runtime_for(job: JobDescription) -> float:
 
 
 def _copy(source: pathlib.Path, target: pathlib.Path, executable: bool) -> None:
-    shutil.copyfile(source, target)
+    copy_with_progress(source, target)  # images are large: the admin sees it move
     target.chmod(0o755 if executable else 0o644)
 
 
