@@ -121,10 +121,17 @@ def rabbit_broker(workdir: Path, agents: int) -> tuple[int, str, tuple[str, str]
                        "write": perms.topic_write, "read": perms.topic_read})
     definitions = {"users": users, "vhosts": [{"name": RABBIT_VHOST}],
                    "permissions": permissions, "topic_permissions": topics}  # fmt: skip
-    path = workdir / "definitions.json"
-    path.write_text(json.dumps(definitions))
-    subprocess.run(["rabbitmqctl", "-q", "import_definitions", str(path)], check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
+    # Debian's rabbitmqctl runs as the rabbitmq user: it needs a file it can read (our
+    # temporary directory is private), and 3.10 refuses "-" for stdin.  Only salted
+    # hashes are in it, and it is removed at once.
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir="/tmp") as handle:
+        json.dump(definitions, handle)
+        handle.flush()
+        os.chmod(handle.name, 0o644)
+        done = subprocess.run(["rabbitmqctl", "-q", "import_definitions", handle.name],
+                              text=True, capture_output=True, timeout=300)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl import_definitions failed: {done.stderr.strip()}")
     return 61613, RABBIT_VHOST, host, vms, None
 
 
@@ -326,10 +333,12 @@ def main() -> None:
         rabbit_cleanup(args.agents)
         return
     with tempfile.TemporaryDirectory(prefix="bench-copilot-") as tmp:
-        outcome: list[Any] = []
-        task.react(lambda _: run(args, Path(tmp)).addBoth(outcome.append))
-        if outcome and hasattr(outcome[0], "raiseException"):
-            outcome[0].raiseException()
+
+        def report(failure: Any) -> None:
+            print(f"bench failed: {failure.getTraceback()}", file=sys.stderr)
+            return failure
+
+        task.react(lambda _: run(args, Path(tmp)).addErrback(report))
 
 
 if __name__ == "__main__":
