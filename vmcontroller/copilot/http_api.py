@@ -32,6 +32,7 @@ from typing import Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from twisted.web.static import File
 
 from vmcontroller.copilot.lease import JobRecord, LeaseRejected
 from vmcontroller.copilot.manager import JobManager, NotFound
@@ -42,6 +43,10 @@ __all__ = ["CopilotResource", "job_view"]
 
 #: Largest submit request (job plus base64 inputs).
 MAX_SUBMIT_BYTES = 64 * 1024 * 1024
+
+
+class _FileBody(str):
+    """A reply that is a file on disk, streamed rather than read into memory."""
 
 
 class _HttpError(Exception):
@@ -102,9 +107,8 @@ class CopilotResource(Resource):
             status = codes.get(error.code, 400)
             body = {"error": error.code, "message": error.message}
         request.setResponseCode(status)
-        if isinstance(body, bytes):
-            request.setHeader("content-type", "application/octet-stream")
-            return body
+        if isinstance(body, _FileBody):
+            return File(str(body), defaultType="application/octet-stream").render_GET(request)
         request.setHeader("content-type", "application/json")
         return json.dumps(body).encode("utf-8")
 
@@ -140,8 +144,7 @@ class CopilotResource(Resource):
             }
         elif len(rest) == 3 and rest[1] == "outputs" and method == "GET":
             job = self.manager.job_for(user, rest[0])
-            with open(self.manager.storage.output_path(job.id, rest[2]), "rb") as handle:
-                return 200, handle.read()
+            return 200, _FileBody(self.manager.storage.output_path(job.id, rest[2]))
         raise _HttpError(405 if rest else 404, "bad_request", f"{method} /{'/'.join(path)}")
 
     def _submit(self, request: Request, user: str) -> JobRecord:
@@ -167,8 +170,7 @@ class CopilotResource(Resource):
         token = _bearer(request)
         if kind == "inputs" and method == "GET":
             job = self.manager.leased_job(token)
-            with open(self.manager.storage.input_path(job.id, name), "rb") as handle:
-                return 200, handle.read()
+            return 200, _FileBody(self.manager.storage.input_path(job.id, name))
         if kind == "outputs" and method == "PUT":
             length = int(request.getHeader("content-length") or 0)
             if length > self.manager.storage.max_file_bytes:
