@@ -27,6 +27,8 @@ class CopilotClient:
     """Talks to one job manager with one user token."""
 
     def __init__(self, server: str, token: str, timeout: float = 30.0) -> None:
+        if not server:
+            raise ValueError("no job manager URL: give --server URL or set COPILOT_SERVER")
         if not server.startswith(("http://", "https://")):
             raise ValueError(f"server {server!r} must be an http:// or https:// URL")
         if not token:
