@@ -63,6 +63,9 @@ class GuestChannel(Protocol):
                  max_size: int | None = None) -> defer.Deferred[Any]:
         """Copy a guest file (relative to the work dir) to a host path."""
 
+    def running_commands(self, vm_id: str) -> int | None:
+        """Commands the agent said it runs in its last heartbeat (None: not heard yet)."""
+
     def hold_liveness(self, vm_id: str) -> None:
         """Stop expecting heartbeats (the VM is paused on purpose)."""
 

@@ -140,6 +140,12 @@ class GuestLink:
                  max_size: int | None = None) -> defer.Deferred[Any]:
         return self._host().get_file(vm_id, source, destination, max_size)
 
+    def running_commands(self, vm_id: str) -> int | None:
+        status = self._host().vms.get(vm_id)
+        if status is None or status.last_seen is None:
+            return None
+        return status.running
+
     def hold_liveness(self, vm_id: str) -> None:
         self._host().hold_liveness(vm_id)
 

@@ -65,6 +65,9 @@ CLOSE_BUDGET = 5.0
 FINAL_TRICKLE_TIMEOUT = 20.0
 #: Seconds to let the guest power off after the ACPI button before pulling the plug.
 POWER_OFF_GRACE = 0.0
+#: Seconds an adopted command may be missing from the agent's heartbeats before the
+#: wrapper concludes it had ended before the checkpoint (its exit report is gone).
+ADOPT_GRACE = 30.0
 #: File the guest's jobs can test for: present while the volunteer suspends the network.
 NETWORK_SUSPENDED_FLAG = ".boinc_network_suspended"
 
@@ -153,6 +156,8 @@ class Wrapper(RuntimeListener):
         self._duration_reached: defer.Deferred[Any] | None = None
         #: checkpoints written in this run (the status page shows it)
         self.checkpoints = 0
+        self._adopting: tuple[defer.Deferred[Any], float] | None = None
+        self._adopt_missing_since: float | None = None
         #: called with the outcome just before the process exits (final summary lines)
         self.on_exit: list[Callable[[Outcome], None]] = []
 
@@ -567,7 +572,9 @@ class Wrapper(RuntimeListener):
         on_output = self.output.stream(label)
         if adopt is not None:
             self._run_seq = adopt
-            running = self.channel.adopt(self.vm_name, adopt, on_output)
+            running = _first_result(self.channel.adopt(self.vm_name, adopt, on_output))
+            self._adopting = (running, self.running_seconds)
+            self._adopt_missing_since = None
             self._log(f"{label} ({application}) continues after the restore")
         else:
             command = self._command_for(job_task)
@@ -578,6 +585,7 @@ class Wrapper(RuntimeListener):
             result = await self._wait(running)
         finally:
             self.output.flush()
+            self._adopting = None
         self._run_seq = None
         if result.timed_out:
             self._log(f"{label} reached its time limit of {job_task.time_limit:g} s: done")
@@ -630,6 +638,26 @@ class Wrapper(RuntimeListener):
                 self._update_progress()
             if self._checkpoint_due():
                 self._checkpoint()
+            self._check_adopted()
+
+    def _check_adopted(self) -> None:
+        """An adopted command the agent no longer runs ended before the checkpoint was
+        taken and its exit report went to the previous wrapper: count it as done rather
+        than wait for it forever."""
+        if self._adopting is None:
+            return
+        running, since = self._adopting
+        count = self.channel.running_commands(self.vm_name)
+        if count is None or count > len(self.state.daemon_seqs):
+            self._adopt_missing_since = None
+            return
+        if self._adopt_missing_since is None:
+            self._adopt_missing_since = self.running_seconds
+        waited = self.running_seconds - max(self._adopt_missing_since, since)
+        if waited >= ADOPT_GRACE and not running.called:
+            self._log("the task's command had already ended when the checkpoint was taken; "
+                      "its exit status is unknown: treating it as done")
+            running.callback(_UNKNOWN_EXIT)
 
     def _expected_seconds(self) -> float:
         if self.job.job_duration > 0:
@@ -869,6 +897,36 @@ class Wrapper(RuntimeListener):
             self.runtime.stop()
             self._exit(0)
         self.done.callback(outcome)
+
+
+@dataclass(frozen=True)
+class _UnknownExit:
+    """Stands in for the ``ExitResult`` of a command whose exit report was lost."""
+
+    code: int = 0
+    signal: int | None = None
+    wall_time: float = 0.0
+    timed_out: bool = False
+
+
+_UNKNOWN_EXIT = _UnknownExit()
+
+
+def _first_result(deferred: defer.Deferred[Any]) -> defer.Deferred[Any]:
+    """A Deferred fired by *deferred*'s result, unless someone fires it first."""
+    first: defer.Deferred[Any] = defer.Deferred()
+
+    def settle(result: Any) -> None:
+        if first.called:
+            return None
+        if isinstance(result, Failure):
+            first.errback(result)
+        else:
+            first.callback(result)
+        return None
+
+    deferred.addBoth(settle)
+    return first
 
 
 async def _bounded(deferred: defer.Deferred[Any], seconds: float, clock: Any,

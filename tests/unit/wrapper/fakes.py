@@ -283,6 +283,8 @@ class FakeChannel:
         self._seq = first_seq
         self._lost_callbacks: list[Any] = []
         self._pending: dict[int, tuple[defer.Deferred[Any], Any]] = {}
+        #: commands whose exit report went to an earlier wrapper (adopting them never fires)
+        self.reports_lost: set[int] = set()
         driver.on_guest_finished = self._finished
 
     def open(self, vm_id: str, saved: BrokerSettings | None) -> defer.Deferred[BrokerSettings]:
@@ -324,9 +326,14 @@ class FakeChannel:
         d: defer.Deferred[Any] = defer.Deferred()
         self._pending[seq] = (d, on_output)
         command = self.driver.guest.commands.get(seq)
-        if command is not None and command.finished:
+        if command is not None and command.finished and seq not in self.reports_lost:
             self._finished([command])
         return d
+
+    def running_commands(self, vm_id: str) -> int | None:
+        if not self.driver.vm_state(vm_id).is_alive:
+            return None
+        return sum(1 for c in self.driver.guest.commands.values() if not c.finished)
 
     def _finished(self, commands: list[Command]) -> None:
         for command in commands:

@@ -339,3 +339,25 @@ def test_host_tasks_are_refused_clearly_until_supported(slot):
     status, message = run.runtime.finished
     assert status == ExitStatus.INIT_FAILURE and "<where>host</where>" in message
     assert [c for c, _ in run.driver.calls if c != "cleanup_stale"] == []
+
+
+def test_adopted_command_that_had_already_ended_does_not_hang_the_job(slot):
+    first = slot.run(compute(100))
+    first.start()
+    first.advance(40)
+    first.wrapper.quit()
+    first.driver.stop_ticking()
+    # the command ended and its exit report went to the first wrapper just before the save
+    snap = slot.disks[str(first.layout.vm_dir)]["checkpoint"]
+    [command] = snap["commands"].values()
+    command.finished = True
+    snap["files"]["output.txt"] = b"sorted\n"
+
+    second = slot.run(compute(100))
+    second.channel.reports_lost.add(command.seq)
+    done = second.start()
+    second.advance(20)
+    assert not done.called
+    second.advance(30)
+    assert done.called and done.result.status == 0
+    assert slot.output.read_bytes() == b"sorted\n"
