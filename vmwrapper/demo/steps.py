@@ -15,7 +15,9 @@ that was not made by the demo is refused rather than emptied.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pathlib
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -126,12 +128,11 @@ def prepare_database(url: str | None, work: WorkDir) -> str:
         if path.exists():
             raise DemoFailed(f"--db {url}: {path} exists; the demo needs a new database file")
         return url
-    if not parsed.database.startswith(DB_PREFIX):
+    if not re.fullmatch(DB_PREFIX + r"\w*", parsed.database, re.ASCII):
         raise DemoFailed(f"--db {url}: the demo drops and recreates its database, so its name "
-                         f"must start with {DB_PREFIX!r} (e.g. {DB_PREFIX}); "
-                         f"{parsed.database!r} does not")
-    admin = MySQLDatabase(parse_database_url(
-        f"mysql://{parsed.user}:{parsed.password}@{parsed.host}:{parsed.port}/mysql"))
+                         f"must be {DB_PREFIX!r} followed by letters, digits or '_'; "
+                         f"{parsed.database!r} is not")
+    admin = MySQLDatabase(dataclasses.replace(parsed, database="mysql"))
     admin.connect()  # ConnectionLostError says where it tried
     try:
         admin.execute(f"DROP DATABASE IF EXISTS `{parsed.database}`")
@@ -183,7 +184,8 @@ def run_demo(options: DemoOptions, step: Callable[[str], None],
 
     started = time.monotonic()
     work = prepare_work_dir(options.work_dir)
-    note(f"work dir: {work.root}")
+    db_url = prepare_database(options.db, work)  # a bad --db is refused before any build
+    note(f"work dir: {work.root}, project database {parse_database_url(db_url).redacted()}")
 
     step("appliance: vmwrapper appliance build (cached; the first build takes about 75 s)")
     appliance = build(BuildOptions(output=default_output(), formats=("qcow2",)),
@@ -203,14 +205,14 @@ def run_demo(options: DemoOptions, step: Callable[[str], None],
 
     with contextlib.ExitStack() as stack:
         step("project: the test project server with its database")
-        db_url = prepare_database(options.db, work)
         server = stack.enter_context(ProjectServer(project_name="boinc-vm demo"))
         database = ProjectDatabase(db_url).attach(server)
         work_input = workload.make_workload(options.input_bytes)
+        (work.root / "job_input.txt").write_bytes(work_input.input)  # to check the output by hand
         wu = server.add_workunit(
             WORKUNIT, app_name=APP_NAME, version_num=version.version_num,
             command_line=f"--trickle {options.trickle_period:g}", input_files={"in": work_input.input})
-        note(f"project {server.url}, database {parse_database_url(db_url).redacted()}")
+        note(f"project {server.url}")
         note(f"work unit {wu.name}: {len(work_input.input) / 1e6:.0f} MB of words to count "
              "in the guest, "
              f"a CPU-time trickle every {options.trickle_period:g} s")
