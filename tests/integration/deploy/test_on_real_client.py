@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import sys
 
 import pytest
@@ -25,13 +23,21 @@ import pytest
 from tests.conftest import ROOT
 from vmwrapper.deploy.builder import DeployRequest, deploy
 from vmwrapper.deploy.spec import AppVersionId
+from vmwrapper.testing.chain import (
+    claimed_cpu_time,
+    cpu_time_trickles,
+    credit_of,
+    expected_credit,
+    install_bundle,
+    run_trickle_handler,
+    wait_for_report,
+)
 from vmwrapper.testing.project_db import ProjectDatabase
 from vmwrapper.testing.project_server import AUTHENTICATOR, ProjectServer
 
 pytestmark = pytest.mark.boinc_client
 
 APPS = ROOT / "tests" / "integration" / "deploy" / "apps"
-COBBLESTONE_SCALE = 200 / 86400e9
 
 
 @pytest.fixture
@@ -51,17 +57,13 @@ def test_client_runs_the_executable_from_the_anonymous_platform_bundle(
         version=AppVersionId.checked("cernvm", "1.02", "x86_64-pc-linux-gnu"),
         job=ROOT / "job.xml", image=image, executable=standalone_exe,
         project_dir=tmp_path / "project", anonymous_platform=tmp_path / "bundle"))
-    client_project = boinc_client.data_dir / "projects" / project_server.project_dir_name
-    shutil.copytree(result.bundle_dir, client_project)
+    install_bundle(result.bundle_dir, boinc_client, project_server)
     project_server.add_workunit("deploy1", app_name="cernvm", version_num=102,
                                 input_files={"in": b"b\na\nb\n"})
 
     boinc_client.start(attach=(project_server.url, AUTHENTICATOR))
-    boinc_client.wait_until(lambda: "Computation for task deploy1_0 finished" in
-                            boinc_client.log_tail(200_000), 90, "the task to end")
-    # after a task error the client defers its RPCs for minutes: ask for the report now
-    boinc_client.update_project(project_server.url)
-    reported = project_server.wait_for_result("deploy1_0", timeout=60)
+    # after a task error the client defers its RPCs for minutes: wait_for_report asks at once
+    reported = wait_for_report(boinc_client, project_server, "deploy1_0", timeout=90)
 
     log = boinc_client.log_tail(200_000)
     assert re.search(r"Starting task deploy1_0", log), log[-3000:]
@@ -101,7 +103,8 @@ def test_trickle_is_stored_like_boincs_scheduler_and_credited(
     lines = xml.splitlines()
     assert lines[0] == "      <result_name>dbtest_0</result_name>"
     assert re.fullmatch(r"      <time>\d+</time>", lines[1])
-    claimed = float(re.fullmatch(r"<cpu_time>([0-9.]+)</cpu_time>", lines[2]).group(1))
+    assert re.fullmatch(r"<cpu_time>[0-9.]+</cpu_time>", lines[2])
+    claimed = claimed_cpu_time(lines[2])
     assert 0.5 < claimed <= reported.final_cpu_time
 
     [(p_ncpus, p_fpops, userid)] = database.rows(
@@ -114,14 +117,11 @@ def test_trickle_is_stored_like_boincs_scheduler_and_credited(
     assert sent <= create_time <= received
     assert cpu == pytest.approx(reported.final_cpu_time)
 
-    done = subprocess.run(
-        [sys.executable, "-m", "trickle_handler", "--db", deploy_database, "--one_pass"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert done.returncode == 0, done.stdout + done.stderr
-    expected = claimed * p_fpops * COBBLESTONE_SCALE
-    for table, key in (("host", hostid), ("user", userid), ("team", database.teamid)):
-        [(credit,)] = database.rows(f"SELECT total_credit FROM {table} WHERE id = ?", (key,))
-        assert credit == pytest.approx(expected), table
+    run_trickle_handler(deploy_database, cwd=ROOT)
+    assert userid == database.userid
+    expected = expected_credit(claimed, p_fpops)
+    credit = credit_of(database, hostid)
+    assert (credit.host, credit.user, credit.team) == pytest.approx((expected,) * 3)
     assert database.rows("SELECT handled FROM msg_from_host") == [(1,)]
 
 
@@ -148,38 +148,30 @@ def test_deployed_app_version_runs_the_sample_job_in_the_appliance_and_earns_cre
         version=AppVersionId.checked("cernvm", "1.03", "x86_64-pc-linux-gnu"),
         job=ROOT / "job.xml", image=appliance_image, executable=standalone_exe,
         project_dir=tmp_path / "project", anonymous_platform=tmp_path / "bundle"))
-    shutil.copytree(result.bundle_dir,
-                    boinc_client.data_dir / "projects" / project_server.project_dir_name)
+    install_bundle(result.bundle_dir, boinc_client, project_server)
     project_server.add_workunit("e2e", app_name="cernvm", version_num=103,
                                 input_files={"in": b"b\na\nb\n"})
 
     boinc_client.start(attach=(project_server.url, AUTHENTICATOR))
-    boinc_client.wait_until(lambda: "Computation for task e2e_0 finished" in
-                            boinc_client.log_tail(500_000), 240, "the task to end")
-    boinc_client.update_project(project_server.url)  # report now, not at the next poll
-    reported = project_server.wait_for_result("e2e_0", timeout=60)
+    reported = wait_for_report(boinc_client, project_server, "e2e_0", timeout=240)
 
     assert reported.exit_status == 0, reported.stderr_out
     assert "finishing with status 0 (SUCCESS)" in reported.stderr_out
     assert project_server.uploads["e2e_0_out"] == b"      1 a\n      2 b\n"  # sort | uniq -c
-    trickles = [t for t in project_server.trickles if t.message.variety == "cpu_time"]
+    trickles = cpu_time_trickles(project_server)
     assert trickles, project_server.trickles
     rows = database.rows("SELECT hostid, variety, xml FROM msg_from_host WHERE variety = 'cpu_time'")
     assert [(t.hostid, "cpu_time", t.message.xml) for t in trickles] == rows
-    claimed = max(float(re.search(r"<cpu_time>([0-9.]+)</cpu_time>", xml).group(1))
-                  for _, _, xml in rows)
+    claimed = max(claimed_cpu_time(xml) for _, _, xml in rows)
     assert 0 < claimed <= reported.final_cpu_time + 0.01
     hostid = trickles[0].hostid
     [(state, outcome)] = database.rows(
         "SELECT server_state, outcome FROM result WHERE name = 'e2e_0' AND hostid = ?", (hostid,))
     assert (state, outcome) == (5, 1)
 
-    done = subprocess.run(
-        [sys.executable, "-m", "trickle_handler", "--db", deploy_database, "--one_pass"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_trickle_handler(deploy_database, cwd=ROOT)
     # cumulative CPU-time trickles: the credit is for the largest value, at 1 GFLOPS
-    expected = claimed * 1e9 * COBBLESTONE_SCALE
-    for table, key in (("host", hostid), ("user", 7), ("team", database.teamid)):
-        [(credit,)] = database.rows(f"SELECT total_credit FROM {table} WHERE id = ?", (key,))
-        assert credit == pytest.approx(expected), table
+    expected = expected_credit(claimed, 1e9)
+    credit = credit_of(database, hostid)
+    assert database.userid == 7
+    assert (credit.host, credit.user, credit.team) == pytest.approx((expected,) * 3)
