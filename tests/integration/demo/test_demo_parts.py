@@ -1,0 +1,73 @@
+"""The demo's pure parts: the work unit against real coreutils, the summary, the work dir."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+
+import pytest
+
+from vmwrapper.demo.steps import MARKER, DemoFailed, prepare_work_dir
+from vmwrapper.demo.summary import OUTPUT_LINES, DemoReport, render
+from vmwrapper.demo.workload import WORDS, make_workload
+from vmwrapper.testing.chain import Credit
+
+
+def test_expected_output_is_what_sort_uniq_c_prints_for_the_input():
+    work = make_workload(200_000, seed=3)
+    done = subprocess.run(["sh", "-c", "sort | uniq -c"], env={"LC_ALL": "C"},
+                          input=work.input, capture_output=True, check=True)
+    assert work.expected_output == done.stdout
+    assert 190_000 < len(work.input) < 210_000
+    assert make_workload(200_000, seed=3) == work != make_workload(200_000, seed=4)
+    assert {line.split()[1] for line in work.expected_output.decode().splitlines()} == set(WORDS)
+
+
+def test_a_workload_of_no_bytes_is_refused():
+    with pytest.raises(ValueError, match="input size 0 bytes: must be positive"):
+        make_workload(0)
+
+
+def _report(tmp_path: pathlib.Path, output: bytes, **changes) -> DemoReport:
+    values = dict(
+        result_name="demo_0", output=output, output_file=tmp_path / "job_output.txt",
+        output_matches=True, cpu_time=34.56, elapsed_time=40.1,
+        trickle_cpu_times=(8.9, 18.3, 34.56), hostid=42, userid=7, teamid=1, p_fpops=1e9,
+        credit=Credit(0.08, 0.08, 0.08), database="sqlite:////w/project.db",
+        logs={"client log": tmp_path / "client.log"}, total_seconds=96.4)
+    values.update(changes)
+    return DemoReport(**values)
+
+
+def test_the_summary_names_output_cpu_trickles_credit_and_logs(tmp_path):
+    text = render(_report(tmp_path, b"      1 a\n      2 b\n"))
+    assert text.splitlines()[0] == "boinc-vm demo: demo_0 succeeded in 1:36"
+    assert "      1 a\n" in text and "      2 b\n" in text
+    assert "matches the counts computed on this host" in text
+    assert "CPU time:  34.6 s used by the VM (40.1 s elapsed)" in text
+    assert "Trickles:  3 sent, cumulative cpu_time 8.9, 18.3, 34.6 s" in text
+    assert ("Credit:    host 42: 0.0800, user 7: 0.0800, team 1: 0.0800 cobblestones "
+            "(granted by trickle_handler at 1 GFLOPS)") in text
+    assert f"client log  {tmp_path / 'client.log'}" in text
+
+
+def test_a_long_output_is_cut_and_a_wrong_one_is_flagged(tmp_path):
+    output = "".join(f"{n:7d} w{n}\n" for n in range(OUTPUT_LINES + 5)).encode()
+    text = render(_report(tmp_path, output, output_matches=False))
+    assert f"w{OUTPUT_LINES - 1}\n" in text and f"w{OUTPUT_LINES}\n" not in text
+    assert "  ... 5 more lines" in text
+    assert "DIFFERS from the counts computed on this host" in text
+
+
+def test_the_work_dir_is_emptied_only_when_the_demo_made_it(tmp_path):
+    work = prepare_work_dir(tmp_path / "w")
+    assert (work.root / MARKER).exists() and work.logs.is_dir()
+    (work.logs / "old.log").write_text("previous run\n")
+    again = prepare_work_dir(tmp_path / "w")
+    assert list(again.logs.iterdir()) == []
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious").write_text("x")
+    with pytest.raises(DemoFailed, match="not empty and was not made by the demo"):
+        prepare_work_dir(tmp_path / "other")
+    assert (tmp_path / "other" / "precious").read_text() == "x"
