@@ -65,6 +65,18 @@ class CodecFrameBuffer:
             self._ready.extend(error.frames)
             raise
 
+    def body_sink(self) -> memoryview | None:
+        """Where a large body being received may be read into (see the parser)."""
+        return self.parser.body_sink()
+
+    def body_received(self, count: int) -> None:
+        """``count`` bytes were read into :meth:`body_sink`; like :meth:`append`."""
+        try:
+            self._ready.extend(self.parser.body_received(count))
+        except FrameError as error:
+            self._ready.extend(error.frames)
+            raise
+
     def buffer_len(self) -> int:
         return self.parser.buffered
 
@@ -158,24 +170,39 @@ class BrokerRequestHandler(StompRequestHandler):
                     log.info("connection %s: client heart-beats stopped", self.number)
                     self.close()
                 return
+            # A large body being received goes from the kernel straight into
+            # the buffer that becomes the frame's body (and is sent on from
+            # there): no copy of file chunks in the broker's user space.
+            sink = self.buffer.body_sink()
             try:
-                size = sock.recv_into(buffer)
+                size = sock.recv_into(sink if sink is not None else buffer)
             except OSError:
                 return
+            finally:
+                if sink is not None:
+                    sink.release()
             if not size:
                 return
             self.last_seen = clock()
-            yield from self._frames_from(view[:size])
+            if sink is not None:
+                yield from self._frames_from(b"", body_bytes=size)
+            else:
+                yield from self._frames_from(view[:size])
 
-    def _frames_from(self, data) -> Iterator[CoilFrame]:
-        """Frames completed by ``data``; resumes parsing after a CONNECT pause.
+    def _frames_from(self, data, body_bytes: int = 0) -> Iterator[CoilFrame]:
+        """Frames completed by ``data`` (or by ``body_bytes`` read into the body sink).
 
-        The parser pauses after CONNECT so that the frames pipelined behind
-        it are parsed only once :meth:`_start_engine` has set the version.
+        Resumes parsing after a CONNECT pause: the parser pauses after
+        CONNECT so that the frames pipelined behind it are parsed only once
+        :meth:`_start_engine` has set the version.
         """
         while True:
             try:
-                self.buffer.append(data)
+                if body_bytes:
+                    self.buffer.body_received(body_bytes)
+                    body_bytes = 0
+                else:
+                    self.buffer.append(data)
             except FrameError as error:
                 yield from self.buffer  # frames completed before the bad bytes
                 self.fail(error.message, code=error.code)
@@ -274,7 +301,9 @@ class BrokerRequestHandler(StompRequestHandler):
     def send_frame(self, frame: CoilFrame) -> None:
         """coilmq-built frames (from inherited code paths) go through our encoder."""
         headers = {str(k): str(v) for k, v in frame.headers.items() if k != "content-length"}
-        body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
+        body = (
+            frame.body if isinstance(frame.body, (bytes, bytearray)) else str(frame.body).encode()
+        )
         self.send_control(frame.cmd, headers, body)
 
     def send_heartbeat(self) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_HEADER_BYTES",
     "DEFAULT_MAX_HEADERS",
+    "DIRECT_BODY_SIZE",
     "HEARTBEAT",
     "SUPPORTED_VERSIONS",
     "Frame",
@@ -59,6 +60,9 @@ DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 #: Most headers one frame may carry by default.
 DEFAULT_MAX_HEADERS = 128
+#: Bodies announced by ``content-length`` from this size on are received
+#: straight into a buffer of their own (see :meth:`FrameParser.body_sink`).
+DIRECT_BODY_SIZE = 64 * 1024
 
 # Frames whose headers are never escaped (STOMP 1.1/1.2 keep them
 # readable by 1.0 peers during negotiation).
@@ -107,12 +111,14 @@ class Frame:
 
     ``headers`` keeps insertion order; the parser stores only the first
     occurrence of a repeated header, as the spec requires.  ``body`` is
-    always bytes: decoding is the application's business.
+    bytes, or a bytearray for a large body the parser received in place
+    (:data:`DIRECT_BODY_SIZE`; it compares equal to the same bytes and works
+    wherever a buffer does): decoding is the application's business.
     """
 
     command: str
     headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
+    body: bytes | bytearray = b""
 
 
 class FrameError(ValueError):
@@ -229,6 +235,13 @@ class FrameParser:
         rest buffered until the next call (``feed(b"")`` resumes).  A broker
         passes ``{"CONNECT", "STOMP"}`` so frames pipelined behind CONNECT
         are unescaped with the version CONNECT negotiates.
+
+    Large bodies (``content-length`` of :data:`DIRECT_BODY_SIZE` or more)
+    skip the shared buffer: once the header block is parsed, the body is
+    copied once into a bytearray of its final size, which becomes
+    ``Frame.body``.  A reader that owns its socket can even receive into it
+    directly (:meth:`body_sink`, then :meth:`body_received`), so the body
+    is never copied in user space at all.
     """
 
     def __init__(
@@ -262,6 +275,12 @@ class FrameParser:
         self._frame_start = 0
         self._body_start = 0
         self._body_length: int | None = None  # from content-length
+        self._frame_end = 0  # set by _read_body: just past the NUL
+        # A large body received in place: the part still filling, its fill
+        # level, then the finished body waiting for its NUL.
+        self._direct: bytearray | None = None
+        self._direct_filled = 0
+        self._direct_done: bytearray | None = None
         self._failed: FrameError | None = None
 
     @property
@@ -276,7 +295,26 @@ class FrameParser:
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete frame (bounded by the limits)."""
-        return len(self._buffer)
+        return len(self._buffer) + (self._direct_filled if self._direct is not None else 0)
+
+    def body_sink(self) -> memoryview | None:
+        """Where the rest of a large body goes, or None when no body is filling.
+
+        A reader may ``recv_into()`` this view and then report the byte
+        count to :meth:`body_received`, instead of passing the bytes to
+        :meth:`feed`: the body then travels from the kernel into its final
+        buffer with no copy in between.
+        """
+        if self._direct is None or self._failed is not None:
+            return None
+        return memoryview(self._direct)[self._direct_filled :]
+
+    def body_received(self, count: int) -> list[Frame]:
+        """``count`` bytes were written into :meth:`body_sink`; like ``feed``."""
+        if self._direct is None or not 0 <= count <= len(self._direct) - self._direct_filled:
+            raise ValueError(f"body_received({count}) does not match the body being received")
+        self._direct_filled += count
+        return self.feed(b"")
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add received bytes; return the frames they complete, in order.
@@ -290,9 +328,13 @@ class FrameParser:
         if self._failed is not None:
             failed = self._failed
             raise type(failed)(failed.code, failed.message)
+        frames: list[Frame] = []
+        if self._direct is not None:
+            data = self._fill_direct(data)
+            if self._direct is not None:
+                return frames  # the body is still incomplete
         buf = self._buffer
         buf += data
-        frames: list[Frame] = []
         pos = 0
         try:
             while True:
@@ -300,11 +342,13 @@ class FrameParser:
                     pos = self._skip_heartbeats(pos)
                     if pos >= len(buf) or not self._read_header_block(pos):
                         break
+                    if self._start_direct():
+                        return frames  # the buffer was emptied into the body
                 frame = self._read_body()
                 if frame is None:
                     break
                 frames.append(frame)
-                pos = self._body_start + len(frame.body) + 1
+                pos = self._frame_end
                 self._pending = None
                 self._scan = pos
                 if frame.command in self.pause_after:
@@ -313,6 +357,7 @@ class FrameParser:
             error.frames = frames
             self._failed = error
             buf.clear()
+            self._direct = self._direct_done = None
             raise
         # Drop consumed bytes so a long-lived connection stays bounded.
         if pos:
@@ -322,6 +367,37 @@ class FrameParser:
                 self._body_start -= pos
                 self._frame_start -= pos
         return frames
+
+    def _start_direct(self) -> bool:
+        """Move a large, incomplete body out of the shared buffer (True if done)."""
+        length = self._body_length
+        buf = self._buffer
+        start = self._body_start
+        if length is None or length < DIRECT_BODY_SIZE or len(buf) - start > length:
+            return False  # small, unannounced, or already complete with its NUL
+        body = bytearray(length)
+        have = len(buf) - start
+        with memoryview(buf) as view:
+            body[:have] = view[start:]
+        buf.clear()
+        self._scan = self._body_start = self._frame_start = 0
+        self._direct = body
+        self._direct_filled = have
+        self._fill_direct(b"")  # a body whose last byte came just now completes here
+        return True
+
+    def _fill_direct(self, data: bytes | bytearray | memoryview) -> memoryview:
+        """Copy ``data`` into the body being filled; return what follows the body."""
+        body = self._direct
+        assert body is not None
+        view = memoryview(data)
+        take = min(len(view), len(body) - self._direct_filled)
+        if take:
+            body[self._direct_filled : self._direct_filled + take] = view[:take]
+            self._direct_filled += take
+        if self._direct_filled == len(body):
+            self._direct_done, self._direct = body, None
+        return view[take:]
 
     def _skip_heartbeats(self, pos: int) -> int:
         buf = self._buffer
@@ -422,6 +498,16 @@ class FrameParser:
         frame = self._pending
         assert frame is not None
         start = self._body_start
+        if self._direct_done is not None:
+            if not buf:
+                return None
+            if buf[start] != _NUL:
+                raise MalformedFrame(
+                    "missing-nul", "body is not followed by NUL at its content-length"
+                )
+            frame.body, self._direct_done = self._direct_done, None
+            self._frame_end = start + 1
+            return frame
         if self._body_length is not None:
             nul = start + self._body_length
             if len(buf) <= nul:
@@ -443,6 +529,7 @@ class FrameParser:
                 raise FrameTooLarge("frame-too-large", f"frame exceeds {self.max_frame_size} bytes")
         with memoryview(buf) as view:  # one copy (buf[a:b] would copy twice)
             frame.body = view[start:nul].tobytes()
+        self._frame_end = nul + 1
         return frame
 
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmcontroller.stomp.codec import (
+    DIRECT_BODY_SIZE,
     HEARTBEAT,
     Frame,
     FrameError,
@@ -256,3 +257,93 @@ def test_pause_after_connect_lets_the_caller_switch_version():
     assert parser.buffered > 0
     parser.version = "1.2"
     assert [f.headers["url"] for f in parser.feed(b"")] == ["a:b", "c:d"]
+
+
+# --- large bodies received in place (DIRECT_BODY_SIZE) ------------------------
+
+LARGE = bytes(range(256)) * (DIRECT_BODY_SIZE // 256 + 3)  # NUL bytes inside too
+
+
+def large_stream() -> bytes:
+    """A small frame, a large one, a heart-beat, another large one, a small one."""
+    return b"".join(
+        [
+            encode_frame(Frame("SEND", {"destination": "/queue/a"}, b"before")),
+            encode_frame(Frame("SEND", {"destination": "/queue/a"}, LARGE)),
+            HEARTBEAT,
+            encode_frame(Frame("SEND", {"destination": "/queue/b"}, LARGE[::-1])),
+            encode_frame(Frame("SEND", {"destination": "/queue/a"}, b"after")),
+        ]
+    )
+
+
+def assert_large_stream(frames: list[Frame]) -> None:
+    assert [f.body for f in frames] == [b"before", LARGE, LARGE[::-1], b"after"]
+    assert [f.headers["destination"] for f in frames] == [
+        "/queue/a",
+        "/queue/a",
+        "/queue/b",
+        "/queue/a",
+    ]
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096, DIRECT_BODY_SIZE - 1, DIRECT_BODY_SIZE + 17, 10**7])
+def test_large_bodies_survive_any_piece_size(piece):
+    stream = large_stream()
+    parser = FrameParser()
+    frames = feed_all(parser, [stream[i : i + piece] for i in range(0, len(stream), piece)])
+    assert_large_stream(frames)
+    assert parser.buffered == 0
+    assert parser.body_sink() is None
+
+
+@given(st.data())
+@settings(max_examples=40, deadline=None)
+def test_large_bodies_cut_at_random_places(data):
+    stream = large_stream()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert_large_stream(feed_all(FrameParser(), pieces))
+
+
+def test_body_sink_takes_the_body_straight_from_a_socket_like_reader():
+    """The broker's path: recv_into the sink, report the count, frames come out."""
+    stream = large_stream()
+    parser = FrameParser()
+    frames: list[Frame] = []
+    pos = 0
+    while pos < len(stream):
+        sink = parser.body_sink()
+        if sink is not None:
+            count = min(len(sink), 50_000, len(stream) - pos)
+            sink[:count] = stream[pos : pos + count]
+            sink.release()
+            frames += parser.body_received(count)
+        else:
+            frames += parser.feed(stream[pos : pos + 1000])
+            count = min(1000, len(stream) - pos)
+        pos += count
+    assert_large_stream(frames)
+    assert isinstance(frames[1].body, bytearray)
+
+
+def test_body_received_rejects_a_count_beyond_the_body():
+    parser = FrameParser()
+    head = encode_frame(Frame("SEND", {}, LARGE))[:100]
+    parser.feed(head)
+    sink = parser.body_sink()
+    assert sink is not None
+    with pytest.raises(ValueError, match="does not match"):
+        parser.body_received(len(sink) + 1)
+    with pytest.raises(ValueError, match="does not match"):
+        FrameParser().body_received(1)
+
+
+def test_large_body_without_its_nul_is_malformed():
+    frame = encode_frame(Frame("SEND", {}, LARGE))
+    parser = FrameParser()
+    parser.feed(frame[:-1000])
+    with pytest.raises(MalformedFrame) as caught:
+        parser.feed(frame[-1000:-1] + b"X")
+    assert caught.value.code == "missing-nul"
+    assert parser.body_sink() is None
