@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 
@@ -71,3 +72,30 @@ def test_the_work_dir_is_emptied_only_when_the_demo_made_it(tmp_path):
     with pytest.raises(DemoFailed, match="not empty and was not made by the demo"):
         prepare_work_dir(tmp_path / "other")
     assert (tmp_path / "other" / "precious").read_text() == "x"
+
+
+@pytest.mark.mariadb
+def test_a_mariadb_demo_database_is_dropped_and_recreated_empty(tmp_path):
+    from trickle_handler.db import ConnectionLostError, MySQLDatabase, parse_database_url
+    from vmwrapper.demo.steps import prepare_database
+
+    url = f"mysql://root@127.0.0.1:3306/boincvm_demo_test_{os.getpid()}"
+    admin = MySQLDatabase(parse_database_url("mysql://root@127.0.0.1:3306/mysql"))
+    try:
+        admin.connect()
+    except ConnectionLostError as exc:
+        pytest.skip(f"MariaDB is not running on 127.0.0.1:3306 ({exc})")
+    work = prepare_work_dir(tmp_path / "w")
+    try:
+        assert prepare_database(url, work) == url
+        db = MySQLDatabase(parse_database_url(url))
+        db.connect()
+        db.execute("CREATE TABLE left_over (id INT)")
+        db.close()
+        prepare_database(url, work)  # the next run starts from an empty database
+        db.connect()
+        assert not db.table_exists("left_over")
+        db.close()
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS boincvm_demo_test_{os.getpid()}")
+        admin.close()
