@@ -17,14 +17,23 @@ import time
 import traceback
 from collections.abc import Sequence
 
-from vmwrapper.demo.steps import DEFAULT_WORK_DIR, STEP_COUNT, DemoOptions
+from trickle_handler.db import DatabaseError
+from vmwrapper.appliance.builder import BuildError
+from vmwrapper.demo.steps import DEFAULT_WORK_DIR, STEP_COUNT, DemoFailed, DemoOptions, run_demo
+from vmwrapper.demo.summary import render
+from vmwrapper.deploy.executable import BuildError as ExeBuildError
+from vmwrapper.deploy.spec import DeployError
 from vmwrapper.progress_bar import StepProgress, format_clock
+from vmwrapper.testing.chain import ChainError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Failures the message alone explains (anything else also gets its traceback).
+EXPECTED_ERRORS = (DemoFailed, ChainError, TimeoutError, BuildError, ExeBuildError, DeployError,
+                   ValueError, DatabaseError)
 
 
 class Interrupted(Exception):
@@ -73,14 +82,6 @@ def _on_signal(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     options = _options(sys.argv[1:] if argv is None else argv)
-    # Imported after parsing, so --help and option errors are quick.
-    from trickle_handler.db import DatabaseError  # noqa: PLC0415
-    from vmwrapper.appliance.builder import BuildError  # noqa: PLC0415
-    from vmwrapper.demo.steps import DemoFailed, run_demo  # noqa: PLC0415
-    from vmwrapper.demo.summary import render  # noqa: PLC0415
-    from vmwrapper.deploy.executable import BuildError as ExeBuildError  # noqa: PLC0415
-    from vmwrapper.deploy.spec import DeployError  # noqa: PLC0415
-    from vmwrapper.testing.chain import ChainError  # noqa: PLC0415
 
     started = time.monotonic()
     steps = StepProgress("demo", expected=STEP_COUNT)
@@ -98,9 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"Logs so far: {options.work_dir}/logs", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - any failure: say which step, exit 1
-        expected = isinstance(exc, (DemoFailed, ChainError, TimeoutError, BuildError,
-                                    ExeBuildError, DeployError, ValueError, DatabaseError))
-        if not expected:
+        if not isinstance(exc, EXPECTED_ERRORS):
             traceback.print_exc()
         kind = "" if isinstance(exc, (DemoFailed, ChainError)) else f"{type(exc).__name__}: "
         print(f"\ndemo FAILED at step {steps.steps}/{STEP_COUNT}: {kind}{exc}\n"

@@ -24,8 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from trickle_handler.db import MySQLDatabase, parse_database_url
+from vmwrapper.appliance.builder import BuildOptions, build, default_output
 from vmwrapper.demo import workload
 from vmwrapper.demo.summary import DemoReport
+from vmwrapper.deploy.builder import DeployRequest, deploy
+from vmwrapper.deploy.executable import ROOT, build_executable
+from vmwrapper.deploy.spec import AppVersionId
+from vmwrapper.progress_bar import StepProgress
+from vmwrapper.testing import scheduler_protocol as proto
 from vmwrapper.testing.chain import (
     ChainError,
     claimed_cpu_time,
@@ -35,6 +41,9 @@ from vmwrapper.testing.chain import (
     run_trickle_handler,
     wait_for_report,
 )
+from vmwrapper.testing.client import BoincClient
+from vmwrapper.testing.project_db import ProjectDatabase
+from vmwrapper.testing.project_server import AUTHENTICATOR, ProjectServer, ReceivedTrickle
 
 #: The file that marks a directory as the demo's own (so it may be emptied).
 MARKER = ".boinc-vm-demo"
@@ -145,54 +154,34 @@ def prepare_database(url: str | None, work: WorkDir) -> str:
 class TrickleWatcher:
     """Reports each CPU-time trickle as the server receives it (called while the task runs)."""
 
-    def __init__(self, server, note: Callable[[str], None]) -> None:
+    def __init__(self, server: ProjectServer, note: Callable[[str], None]) -> None:
         self.server = server
         self.note = note
         self.seen = 0
-        self.started = time.monotonic()
 
     def __call__(self) -> None:
-        trickles = cpu_time_trickles(self.server)
-        for trickle in trickles[self.seen:]:
+        for trickle in cpu_time_trickles(self.server)[self.seen:]:
             self.seen += 1
             self.note(f"trickle {self.seen} received: cpu_time "
                       f"{claimed_cpu_time(trickle.message.xml):.1f} s")
 
 
-def _stop_client(client, work: WorkDir) -> None:
+def _stop_client(client: BoincClient, work: WorkDir) -> None:
     """Stop the client and every process in its dir, then keep its log."""
     client.stop()
     if client.log_path.exists():
         shutil.copyfile(client.log_path, work.logs / "client.log")
 
 
-def run_demo(options: DemoOptions, step: Callable[[str], None],
-             note: Callable[[str], None]) -> DemoReport:
-    """Run the whole chain; ``step`` announces each step, ``note`` prints details.
-
-    :raises DemoFailed, ChainError: a step failed (the message says which and why).
-    """
-    # Imported here: each pulls in a good part of the project, and --help should be quick.
-    from vmwrapper.appliance.builder import BuildOptions, build, default_output  # noqa: PLC0415
-    from vmwrapper.deploy.builder import DeployRequest, deploy  # noqa: PLC0415
-    from vmwrapper.deploy.executable import ROOT, build_executable  # noqa: PLC0415
-    from vmwrapper.deploy.spec import AppVersionId  # noqa: PLC0415
-    from vmwrapper.progress_bar import StepProgress  # noqa: PLC0415
-    from vmwrapper.testing.client import BoincClient  # noqa: PLC0415
-    from vmwrapper.testing.project_db import ProjectDatabase  # noqa: PLC0415
-    from vmwrapper.testing.project_server import AUTHENTICATOR, ProjectServer  # noqa: PLC0415
-
-    started = time.monotonic()
-    work = prepare_work_dir(options.work_dir)
-    db_url = prepare_database(options.db, work)  # a bad --db is refused before any build
-    note(f"work dir: {work.root}, project database {parse_database_url(db_url).redacted()}")
-
-    step("appliance: vmwrapper appliance build (cached; the first build takes about 75 s)")
+def build_and_deploy(work: WorkDir, step: Callable[[str], None],
+                     note: Callable[[str], None]) -> AppVersionId:
+    """Steps 1-3: the appliance and the executable (cached), deployed as a bundle in ``work``."""
+    step("appliance: vmwrapper appliance build (cached; the first build takes about 65 s)")
     appliance = build(BuildOptions(output=default_output(), formats=("qcow2",)),
                       log=StepProgress("           appliance"))
     note(f"image: {appliance.qcow2}")
 
-    step("executable: vmwrapper build-exe (cached; a build takes 15-30 s)")
+    step("executable: vmwrapper build-exe (cached; a build takes 10-30 s)")
     executable = build_executable(log=note)
     note(f"executable: {executable}")
 
@@ -201,7 +190,41 @@ def run_demo(options: DemoOptions, step: Callable[[str], None],
     deployed = deploy(DeployRequest(
         version=version, job=ROOT / "job.xml", image=appliance.qcow2, executable=executable,
         project_dir=work.project, anonymous_platform=work.bundle))
-    note(f"app version: {deployed.version_dir}")
+    note(f"app version: {deployed.version_dir}, bundle: {deployed.bundle_dir}")
+    return version
+
+
+def check_reported(reported: proto.ReportedResult, server: ProjectServer,
+                   work: WorkDir) -> tuple[bytes, list[ReceivedTrickle]]:
+    """The uploaded output and the trickles of a task that must have succeeded; keeps its logs."""
+    (work.logs / "stderr.txt").write_text(reported.stderr_out)
+    if reported.exit_status != 0:
+        tail = "\n".join(reported.stderr_out.splitlines()[-15:])
+        raise DemoFailed(f"the task ended with exit status {reported.exit_status}; "
+                         f"the end of its stderr.txt:\n{tail}")
+    output = server.uploads.get(f"{reported.name}_out")
+    if output is None:
+        raise DemoFailed(f"the client reported {reported.name} but never uploaded its "
+                         f"output (uploads: {sorted(server.uploads)})")
+    (work.logs / "job_output.txt").write_bytes(output)
+    trickles = cpu_time_trickles(server)
+    if not trickles:
+        raise DemoFailed("the task ended but no CPU-time trickle reached the project")
+    return output, trickles
+
+
+def run_demo(options: DemoOptions, step: Callable[[str], None], note: Callable[[str], None],
+             clock: Callable[[], float] = time.monotonic) -> DemoReport:
+    """Run the whole chain; ``step`` announces each step, ``note`` prints details.
+
+    :raises DemoFailed, ChainError: a step failed (the message says which and why); so do
+        the builders', deploy's and the database's own errors.
+    """
+    started = clock()
+    work = prepare_work_dir(options.work_dir)
+    db_url = prepare_database(options.db, work)  # a bad --db is refused before any build
+    note(f"work dir: {work.root}, project database {parse_database_url(db_url).redacted()}")
+    version = build_and_deploy(work, step, note)
 
     with contextlib.ExitStack() as stack:
         step("project: the test project server with its database")
@@ -211,11 +234,11 @@ def run_demo(options: DemoOptions, step: Callable[[str], None],
         (work.root / "job_input.txt").write_bytes(work_input.input)  # to check the output by hand
         wu = server.add_workunit(
             WORKUNIT, app_name=APP_NAME, version_num=version.version_num,
-            command_line=f"--trickle {options.trickle_period:g}", input_files={"in": work_input.input})
-        note(f"project {server.url}")
-        note(f"work unit {wu.name}: {len(work_input.input) / 1e6:.0f} MB of words to count "
-             "in the guest, "
-             f"a CPU-time trickle every {options.trickle_period:g} s")
+            command_line=f"--trickle {options.trickle_period:g}",
+            input_files={"in": work_input.input})
+        note(f"project {server.url}; work unit {wu.name}: {len(work_input.input) / 1e6:.0f} MB "
+             f"of words to count in the guest, a CPU-time trickle every "
+             f"{options.trickle_period:g} s")
 
         step("client: a real BOINC client attached to the project, with the bundle")
         client = BoincClient(work.client)
@@ -227,20 +250,7 @@ def run_demo(options: DemoOptions, step: Callable[[str], None],
         step("job: the wrapper boots the appliance under QEMU and runs the job in the guest")
         reported = wait_for_report(client, server, wu.result_name, timeout=options.task_timeout,
                                    on_poll=TrickleWatcher(server, note))
-        (work.logs / "stderr.txt").write_text(reported.stderr_out)
-        if reported.exit_status != 0:
-            tail = "\n".join(reported.stderr_out.splitlines()[-15:])
-            raise DemoFailed(f"the task ended with exit status {reported.exit_status}; "
-                             f"the end of its stderr.txt:\n{tail}")
-        output = server.uploads.get(f"{wu.result_name}_out")
-        if output is None:
-            raise DemoFailed(f"the client reported {wu.result_name} but never uploaded its "
-                             f"output (uploads: {sorted(server.uploads)})")
-        output_file = work.logs / "job_output.txt"
-        output_file.write_bytes(output)
-        trickles = cpu_time_trickles(server)
-        if not trickles:
-            raise DemoFailed("the task ended but no CPU-time trickle reached the project")
+        output, trickles = check_reported(reported, server, work)
         hostid = trickles[0].hostid
         note(f"result {wu.result_name} uploaded and reported: exit status 0, "
              f"{reported.final_cpu_time:.1f} s CPU, {len(trickles)} trickles")
@@ -249,12 +259,12 @@ def run_demo(options: DemoOptions, step: Callable[[str], None],
         run_trickle_handler(db_url, work.logs / "trickle_handler.log", cwd=ROOT)
         [(p_fpops,)] = database.rows("SELECT p_fpops FROM host WHERE id = ?", (hostid,))
         credit = credit_of(database, hostid)
-        unhandled = database.rows("SELECT COUNT(*) FROM msg_from_host WHERE handled = 0")
-        if unhandled[0][0]:
-            raise ChainError(f"trickle_handler left {unhandled[0][0]} messages unhandled")
+        [(unhandled,)] = database.rows("SELECT COUNT(*) FROM msg_from_host WHERE handled = 0")
+        if unhandled:
+            raise ChainError(f"trickle_handler left {unhandled} messages unhandled")
 
     return DemoReport(
-        result_name=wu.result_name, output=output, output_file=output_file,
+        result_name=wu.result_name, output=output, output_file=work.logs / "job_output.txt",
         output_matches=output == work_input.expected_output,
         cpu_time=reported.final_cpu_time, elapsed_time=reported.final_elapsed_time,
         trickle_cpu_times=tuple(claimed_cpu_time(t.message.xml) for t in trickles),
@@ -262,5 +272,5 @@ def run_demo(options: DemoOptions, step: Callable[[str], None],
         credit=credit, database=parse_database_url(db_url).redacted(),
         logs={"client log": work.logs / "client.log", "task stderr.txt": work.logs / "stderr.txt",
               "trickle_handler": work.logs / "trickle_handler.log", "work dir": work.root},
-        total_seconds=time.monotonic() - started,
+        total_seconds=clock() - started,
     )

@@ -158,6 +158,19 @@ def test_ctrl_c_while_the_vm_runs_stops_every_process_the_demo_started(demo_proc
     assert (work / "logs" / "client.log").exists()  # kept for a look at what happened
 
 
+@pytest.mark.qemu
+@pytest.mark.boinc_client
+def test_a_task_that_overruns_the_timeout_fails_the_demo_and_stops_everything(demo_process):
+    _require_chain()
+    process = demo_process("--timeout", "8")
+    out, err = process.communicate(timeout=200)
+    assert process.returncode == 1, err[-3000:]
+    assert "demo FAILED at step 6/8: TimeoutError: waited 8 s for task demo_0 to end" in err
+    assert "Traceback" not in err
+    assert out == ""
+    assert pids_inside(demo_process.work) == []
+
+
 def _run_demo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*DEMO, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
