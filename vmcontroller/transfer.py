@@ -26,6 +26,12 @@ How it works (see :mod:`vmcontroller.protocol` for the messages):
   renames the temporary file into place (atomic: readers see the old file or
   the whole new one) and answers :class:`TransferDone`.
 * ``max_size`` bounds what a receiver accepts.
+* Hashing runs on a thread of its own when the owner passes a
+  :class:`ThreadedSha256` (the host and agent do, with their reactor):
+  sha256 costs about as much CPU as the rest of the relay together, and
+  hashlib releases the GIL, so the reactor thread keeps moving bytes while
+  another core hashes them.  Tests on a Clock use the default,
+  :class:`Sha256`, which hashes in place.
 
 Only the standard library and Twisted: the guest agent uses this module.
 """
@@ -36,9 +42,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -58,6 +66,9 @@ from vmcontroller.protocol import (
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_WINDOW",
+    "Sha256",
+    "ThreadedSha256",
+    "digest_for",
     "TransferError",
     "TransferReceiver",
     "TransferResult",
@@ -93,6 +104,105 @@ class TransferError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class Digest(Protocol):
+    """An incremental sha256 whose result may come later (see the two below)."""
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Add ``data``; the caller must not change it afterwards."""
+
+    def hexdigest(self) -> defer.Deferred[str]:
+        """Fires with the hex digest of everything added so far; no updates after."""
+
+    def close(self) -> None:
+        """Release what the digest holds (idempotent)."""
+
+
+class Sha256:
+    """Hashes in the caller's thread; ``hexdigest`` has already fired."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._hash.update(data)
+
+    def hexdigest(self) -> defer.Deferred[str]:
+        return defer.succeed(self._hash.hexdigest())
+
+    def close(self) -> None:
+        pass
+
+
+class ThreadedSha256:
+    """Hashes on a worker thread, in order; the result comes back through the reactor.
+
+    ``update`` only queues a reference to ``data`` (no copy: the caller
+    hands over buffers it will not touch again), so the reactor thread
+    never waits for the hash.  One thread per transfer, started on first
+    use and ended by :meth:`hexdigest` or :meth:`close`.
+
+    :param call_from_thread: the reactor's ``callFromThread``.
+    """
+
+    _DONE = object()
+
+    def __init__(self, call_from_thread: Callable[..., Any]) -> None:
+        self._call_from_thread = call_from_thread
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._result: defer.Deferred[str] | None = None
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if self._result is not None:
+            raise RuntimeError("sha256 already finished")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+            self._thread.start()
+        self._queue.put(data)
+
+    def hexdigest(self) -> defer.Deferred[str]:
+        if self._result is None:
+            self._result = defer.Deferred()
+            if self._thread is None:  # nothing was hashed: no thread needed
+                self._result.callback(hashlib.sha256().hexdigest())
+            else:
+                self._queue.put(self._result)
+        return _chain(self._result)
+
+    def close(self) -> None:
+        if self._thread is not None and self._result is None:
+            self._result = defer.Deferred()  # never fires: the transfer is over
+            self._queue.put(self._DONE)
+
+    def _run(self) -> None:
+        digest = hashlib.sha256()
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, defer.Deferred):
+                self._call_from_thread(item.callback, digest.hexdigest())
+                return
+            digest.update(item)
+
+
+def digest_for(clock: Any) -> Digest:
+    """A :class:`ThreadedSha256` if ``clock`` is a reactor with threads, else a :class:`Sha256`.
+
+    A :class:`twisted.internet.task.Clock` has no ``callFromThread``: tests
+    driven by one stay single-threaded and deterministic.
+    """
+    call_from_thread = getattr(clock, "callFromThread", None)
+    return ThreadedSha256(call_from_thread) if call_from_thread else Sha256()
+
+
+def _chain(deferred: defer.Deferred[str]) -> defer.Deferred[str]:
+    """A new Deferred with ``deferred``'s result, leaving ``deferred`` reusable."""
+    copy: defer.Deferred[str] = defer.Deferred()
+    deferred.addCallback(lambda value: (copy.callback(value), value)[1])
+    return copy
 
 
 def temp_path_for(final_path: str, transfer_id: str) -> str:
@@ -176,6 +286,7 @@ class TransferSender:
         window: int = DEFAULT_WINDOW,
         sync_after: float = DEFAULT_SYNC_AFTER,
         give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+        digest: Digest | None = None,
     ) -> None:
         if chunk_size < 1 or window < 1:
             raise ValueError(f"chunk_size ({chunk_size}) and window ({window}) must be >= 1")
@@ -188,8 +299,10 @@ class TransferSender:
         self.done: defer.Deferred[TransferResult] = defer.Deferred()
         self._fd = os.open(path, os.O_RDONLY)  # OSError propagates: the owner reports it
         self.size = os.fstat(self._fd).st_size
-        self._hasher = hashlib.sha256()
+        self._hasher: Digest = digest or Sha256()
         self._hashed = 0  # bytes fed to the hasher, always a prefix of the file
+        self._sha256: str | None = None  # once every byte was hashed
+        self._end_pending = False  # DataEnd waits for the hash
         self._acked = 0
         self._next = 0
         self._started = False
@@ -238,7 +351,7 @@ class TransferSender:
         if self.done.called:
             return
         self._close()
-        if message.sha256 != self._hasher.hexdigest() or message.size != self.size:
+        if message.sha256 != self._sha256 or message.size != self.size:
             self.done.errback(
                 Failure(TransferError(ErrorCode.CHECKSUM, "receiver confirmed other bytes"))
             )
@@ -273,6 +386,11 @@ class TransferSender:
         self._end_sent = False
         self._pump()
 
+    def _hashed_all(self, sha256: str) -> None:
+        self._sha256 = sha256
+        self._end_pending = False
+        self._pump()
+
     def _pump(self) -> None:
         if not self._started or self.done.called:
             return
@@ -293,8 +411,13 @@ class TransferSender:
             self.bytes_sent += len(chunk)
             self._next = offset + len(chunk)
         if self._acked >= self.size and not self._end_sent:
+            if self._sha256 is None:
+                if not self._end_pending:
+                    self._end_pending = True
+                    self._hasher.hexdigest().addCallback(self._hashed_all)
+                return
             self._end_sent = _safe_send(
-                self._send, DataEnd(self.transfer_id, self.size, self._hasher.hexdigest())
+                self._send, DataEnd(self.transfer_id, self.size, self._sha256)
             )
 
     def _give_up(self) -> None:
@@ -307,6 +430,7 @@ class TransferSender:
 
     def _close(self) -> None:
         self._watchdog.stop()
+        self._hasher.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -335,6 +459,7 @@ class TransferReceiver:
         request_resend: Callable[[int], None] | None = None,
         sync_after: float = DEFAULT_SYNC_AFTER,
         give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+        digest: Digest | None = None,
     ) -> None:
         self.transfer_id = transfer_id
         self.final_path = final_path
@@ -345,7 +470,8 @@ class TransferReceiver:
         self._result: TransferResult | None = None
         self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode & 0o777)
         self.offset = 0
-        self._hasher = hashlib.sha256()
+        self._hasher: Digest = digest or Sha256()
+        self._verifying = False  # DataEnd arrived, waiting for our hash
         self._gap_reported_at = -1
         self._request_resend = request_resend
         #: Payload bytes received, duplicates included (how much resuming saved).
@@ -413,7 +539,14 @@ class TransferReceiver:
         if message.size != self.offset:
             self.on_sync()  # we are missing data the sender thinks we have
             return
-        digest = self._hasher.hexdigest()
+        if not self._verifying:
+            self._verifying = True
+            self._hasher.hexdigest().addCallback(self._verify, message)
+
+    def _verify(self, digest: str, message: DataEnd) -> None:
+        """Our hash of every written byte is ready: compare, commit, confirm."""
+        if self.done.called:
+            return
         if digest != message.sha256:
             self.fail(
                 ErrorCode.CHECKSUM,
@@ -454,6 +587,7 @@ class TransferReceiver:
 
     def _abort(self) -> None:
         self._watchdog.stop()
+        self._hasher.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -77,7 +77,7 @@ from vmcontroller.protocol import (
     encode,
 )
 from vmcontroller.stomp.codec import Frame
-from vmcontroller.transfer import TransferReceiver, TransferSender
+from vmcontroller.transfer import TransferReceiver, TransferSender, digest_for
 
 __all__ = ["Agent"]
 
@@ -447,6 +447,7 @@ class Agent:
                 self.clock,
                 max_size=message.size,
                 mode=message.mode,
+                digest=digest_for(self.clock),
             )
         except PathRefused as problem:
             self._refuse(tid, ErrorCode.PATH_REFUSED, str(problem))
@@ -473,6 +474,7 @@ class Agent:
                 None,
                 self.clock,
                 chunk_size=max(1024, min(message.chunk_size, 4 * 1024 * 1024)),
+                digest=digest_for(self.clock),
             )
         except PathRefused as problem:
             self._refuse(tid, ErrorCode.PATH_REFUSED, str(problem))

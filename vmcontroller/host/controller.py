@@ -80,6 +80,7 @@ from vmcontroller.transfer import (
     TransferReceiver,
     TransferResult,
     TransferSender,
+    digest_for,
 )
 
 __all__ = ["CommandDeferred", "ExitResult", "HostController", "VMLostError", "VMStatus"]
@@ -356,6 +357,7 @@ class HostController:
             self.chunk_size,
             self.window,
             sync_after=self.transfer_sync_after,
+            digest=digest_for(self.clock),
         )
         self.senders[tid] = sender
         self._transfer_requests[seq] = tid
@@ -383,6 +385,7 @@ class HostController:
                 max_size=max_size,
                 request_resend=request,
                 sync_after=self.transfer_sync_after,
+                digest=digest_for(self.clock),
             )
         except OSError as problem:
             return defer.fail(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import queue
 
 import pytest
 from twisted.internet.task import Clock
@@ -18,7 +19,15 @@ from vmcontroller.protocol import (
     TransferDone,
     TransferFailed,
 )
-from vmcontroller.transfer import TransferError, TransferReceiver, TransferSender, temp_path_for
+from vmcontroller.transfer import (
+    Sha256,
+    ThreadedSha256,
+    TransferError,
+    TransferReceiver,
+    TransferSender,
+    digest_for,
+    temp_path_for,
+)
 
 
 class Link:
@@ -164,3 +173,84 @@ def test_bad_parameters_and_acks_are_refused(tmp_path):
     link.sender.start(0)
     link.sender.on_ack(DataAck("t", 500))
     assert _result(link.sender.done).value.code == ErrorCode.BAD_REQUEST
+
+
+# --- digests -------------------------------------------------------------------
+
+
+def _via_queue():
+    """A call_from_thread that hands calls to the test thread through a queue."""
+    calls = queue.Queue()
+    return calls, lambda function, *args: calls.put((function, args))
+
+
+def _run_next(calls):
+    function, args = calls.get(timeout=30)
+    function(*args)
+
+
+def test_threaded_sha256_matches_hashlib_in_order():
+    calls, call_from_thread = _via_queue()
+    digest = ThreadedSha256(call_from_thread)
+    pieces = [os.urandom(n) for n in (1, 5000, 300_000, 0, 77)]
+    for piece in pieces:
+        digest.update(memoryview(piece))
+    first, second = digest.hexdigest(), digest.hexdigest()
+    assert not first.called  # not before the reactor runs the callback
+    _run_next(calls)
+    expected = hashlib.sha256(b"".join(pieces)).hexdigest()
+    assert _result(first) == _result(second) == expected
+    assert _result(digest.hexdigest()) == expected
+    with pytest.raises(RuntimeError, match="already finished"):
+        digest.update(b"late")
+
+
+def test_threaded_sha256_of_nothing_needs_no_thread():
+    calls, call_from_thread = _via_queue()
+    digest = ThreadedSha256(call_from_thread)
+    assert _result(digest.hexdigest()) == hashlib.sha256().hexdigest()
+    digest.close()
+    assert calls.empty()
+
+
+def test_threaded_sha256_closed_early_never_reports():
+    calls, call_from_thread = _via_queue()
+    digest = ThreadedSha256(call_from_thread)
+    digest.update(b"x" * 100_000)
+    digest.close()
+    digest.close()
+    assert not digest.hexdigest().called
+    assert calls.empty()
+
+
+def test_digest_for_a_clock_hashes_in_place():
+    assert isinstance(digest_for(Clock()), Sha256)
+    assert isinstance(digest_for(_ThreadedClock()), ThreadedSha256)
+
+
+class _ThreadedClock(Clock):
+    """A Clock that can also take calls from threads (stands for a reactor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.callFromThread = _via_queue()
+
+
+def test_transfer_with_threaded_digests_on_both_sides(tmp_path):
+    """The real threads: DataEnd waits for the sender's hash, commit for the receiver's."""
+    link = Link(tmp_path, size=300_000, chunk=64 * 1024, window=2)
+    sender_clock, receiver_clock = _ThreadedClock(), _ThreadedClock()
+    link.sender._hasher = digest_for(sender_clock)
+    link.receiver._hasher = digest_for(receiver_clock)
+    link.sender.start(0)
+    link.pump()
+    assert not link.sender.done.called and not link.receiver.done.called
+    _run_next(sender_clock.calls)  # the sender's hash: DataEnd goes out
+    link.pump()
+    assert not link.receiver.done.called
+    _run_next(receiver_clock.calls)  # the receiver's hash: commit and confirm
+    link.pump()
+    expected = hashlib.sha256(link.source.read_bytes()).hexdigest()
+    assert _result(link.sender.done).sha256 == expected
+    assert _result(link.receiver.done).sha256 == expected
+    assert link.target.read_bytes() == link.source.read_bytes()
