@@ -34,7 +34,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from vmcontroller.stomp.codec import HEARTBEAT, Frame, FrameError, FrameParser, encode_frame
+from vmcontroller.stomp.codec import (
+    DIRECT_BODY_SIZE,
+    HEARTBEAT,
+    Frame,
+    FrameError,
+    FrameParser,
+    encode_frame,
+    encode_head,
+)
 
 __all__ = [
     "NotConnectedError",
@@ -273,7 +281,12 @@ class StompClientProtocol(Protocol):
     # --- frames out ----------------------------------------------------------
 
     def _write(self, frame: Frame) -> None:
-        self.transport.write(encode_frame(frame, self.version))
+        if len(frame.body) >= DIRECT_BODY_SIZE:
+            # A file chunk: hand Twisted the parts, it joins them once
+            # (encode_frame would copy the body one more time).
+            self.transport.writeSequence((encode_head(frame, self.version), frame.body, b"\x00"))
+        else:
+            self.transport.write(encode_frame(frame, self.version))
         self._last_sent = self.clock.seconds()
 
     def subscribe(
