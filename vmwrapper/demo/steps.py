@@ -37,6 +37,7 @@ from vmwrapper.testing.chain import (
     claimed_cpu_time,
     cpu_time_trickles,
     credit_of,
+    in_sending_order,
     install_bundle,
     run_trickle_handler,
     wait_for_report,
@@ -267,7 +268,8 @@ def run_demo(options: DemoOptions, step: Callable[[str], None], note: Callable[[
         result_name=wu.result_name, output=output, output_file=work.logs / "job_output.txt",
         output_matches=output == work_input.expected_output,
         cpu_time=reported.final_cpu_time, elapsed_time=reported.final_elapsed_time,
-        trickle_cpu_times=tuple(claimed_cpu_time(t.message.xml) for t in trickles),
+        trickle_cpu_times=tuple(claimed_cpu_time(t.message.xml)
+                                for t in in_sending_order(trickles)),
         hostid=hostid, userid=database.userid, teamid=database.teamid, p_fpops=float(p_fpops),
         credit=credit, database=parse_database_url(db_url).redacted(),
         logs={"client log": work.logs / "client.log", "task stderr.txt": work.logs / "stderr.txt",

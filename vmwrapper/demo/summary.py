@@ -22,7 +22,7 @@ class DemoReport:
     output_matches: bool
     cpu_time: float
     elapsed_time: float
-    trickle_cpu_times: tuple[float, ...]
+    trickle_cpu_times: tuple[float, ...]  # cumulative, in the order the client sent them
     hostid: int
     userid: int
     teamid: int
@@ -48,7 +48,7 @@ def render(report: DemoReport) -> str:
                  f"({report.elapsed_time:.1f} s elapsed), as the client reported it")
     values = ", ".join(f"{v:.1f}" for v in report.trickle_cpu_times)
     lines.append(f"Trickles:  {len(report.trickle_cpu_times)} sent, cumulative cpu_time "
-                 f"{values or '-'} s")
+                 f"{values or '-'} s (in the order they were sent)")
     c = report.credit
     lines.append(f"Credit:    host {report.hostid}: {c.host:.4f}, user {report.userid}: "
                  f"{c.user:.4f}, team {report.teamid}: {c.team:.4f} cobblestones "

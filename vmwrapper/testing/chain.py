@@ -31,6 +31,7 @@ COBBLESTONE_SCALE = 200 / 86400e9
 LOG_WINDOW = 500_000
 
 _CPU_TIME = re.compile(r"<cpu_time>\s*([0-9.eE+-]+)\s*</cpu_time>")
+_SENT_AT = re.compile(r"<time>\s*([0-9]+)\s*</time>")
 
 
 class ChainError(RuntimeError):
@@ -88,6 +89,19 @@ def wait_for_report(client: BoincClient, server: ProjectServer, result_name: str
 def cpu_time_trickles(server: ProjectServer) -> list[ReceivedTrickle]:
     """The CPU-time trickles the server received, in arrival order."""
     return [t for t in server.trickles if t.message.variety == CPU_TIME_VARIETY]
+
+
+def in_sending_order(trickles: list[ReceivedTrickle]) -> list[ReceivedTrickle]:
+    """``trickles`` ordered by the client's ``<time>`` (then CPU time), not by arrival.
+
+    The client sends the trickles pending at an RPC in directory order, so two
+    that wait for the same RPC may arrive swapped.
+    """
+    def key(trickle: ReceivedTrickle) -> tuple[int, float]:
+        sent = _SENT_AT.search(trickle.message.xml)
+        return (int(sent.group(1)) if sent else 0, claimed_cpu_time(trickle.message.xml))
+
+    return sorted(trickles, key=key)
 
 
 def claimed_cpu_time(xml: str) -> float:

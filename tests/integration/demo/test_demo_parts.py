@@ -99,3 +99,19 @@ def test_a_mariadb_demo_database_is_dropped_and_recreated_empty(tmp_path):
     finally:
         admin.execute(f"DROP DATABASE IF EXISTS boincvm_demo_test_{os.getpid()}")
         admin.close()
+
+
+def test_trickles_that_arrive_swapped_are_shown_in_the_order_they_were_sent():
+    from vmwrapper.testing.chain import claimed_cpu_time, in_sending_order
+    from vmwrapper.testing.project_server import ReceivedTrickle
+    from vmwrapper.testing.scheduler_protocol import TrickleUp
+
+    def trickle(sent: int, cpu: float, received: float) -> ReceivedTrickle:
+        xml = (f"      <result_name>demo_0</result_name>\n      <time>{sent}</time>\n"
+               f"<cpu_time>{cpu:.3f}</cpu_time>\n")
+        return ReceivedTrickle(42, received, TrickleUp("demo_0", sent, "cpu_time", xml, xml))
+
+    # the client sent the two pending ones in directory order: 23.2 before 15.8
+    arrived = [trickle(100, 8.1, 101), trickle(120, 23.2, 122), trickle(110, 15.8, 122)]
+    ordered = [claimed_cpu_time(t.message.xml) for t in in_sending_order(arrived)]
+    assert ordered == [8.1, 15.8, 23.2]
