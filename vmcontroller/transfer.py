@@ -79,7 +79,7 @@ __all__ = [
 #: Bytes per data message unless configured otherwise.
 DEFAULT_CHUNK_SIZE = 256 * 1024
 #: Chunks a sender may have unacknowledged at once.
-DEFAULT_WINDOW = 8
+DEFAULT_WINDOW = 16
 #: Seconds without progress before a side asks the other where it stands.
 DEFAULT_SYNC_AFTER = 5.0
 #: Seconds without progress before a transfer is abandoned.
