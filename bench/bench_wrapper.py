@@ -74,6 +74,17 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def private_mb(pid: int) -> tuple[float, float]:
+    """(PSS, private dirty) in MB: memory that is this process's own, not shared libraries."""
+    values = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                values[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    return values.get("Pss", 0.0), values.get("Private_Dirty", 0.0)
+
+
 def make_slot(directory: pathlib.Path, image: pathlib.Path) -> None:
     text = INIT_DATA.read_text()
     for tag, value in (("client_pid", os.getpid()), ("checkpoint_period", "3600.000000"),
@@ -176,6 +187,7 @@ def main() -> int:
             cpu = cpu_seconds(wrapper.pid) - cpu0
             base = cpu_seconds(baseline.pid) - base0
             rss, base_rss = rss_mb(wrapper.pid), rss_mb(baseline.pid)
+            pss, private = private_mb(wrapper.pid)
 
             inside, outside = [], []
             for round_ in range(1, args.suspends + 1):
@@ -195,7 +207,8 @@ def main() -> int:
                   f"core (target <= 0.2 %); BOINC status loop alone {base / wall * 3600:.2f} s/h; "
                   f"ratio {cpu / base if base else float('inf'):.1f}x")
             print(f"wrapper RSS: {rss:.1f} MB (target <= 40 MB); baseline {base_rss:.1f} MB; "
-                  f"ratio {rss / base_rss:.2f}x")
+                  f"ratio {rss / base_rss:.2f}x; PSS {pss:.1f} MB, private {private:.1f} MB "
+                  "(the rest is shared library pages)")
             print(f"suspend -> VM paused after the wrapper read <suspend/>: median "
                   f"{statistics.median(inside):.1f} ms, max {max(inside):.1f} ms over "
                   f"{len(inside)} rounds (target <= 100 ms)")
