@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 
 from vmcontroller.host.controller import VMLostError
 from vmcontroller.protocol import ConnectionLostError
-from vmwrapper.boinc.exitcodes import ExitStatus
+from vmwrapper.boinc.exitcodes import RESTART_DELAY, ExitStatus
 from vmwrapper.boinc.filenames import resolve_filename
 from vmwrapper.boinc.log import log as default_log
 from vmwrapper.boinc.runtime import RuntimeListener
@@ -68,6 +68,10 @@ POWER_OFF_GRACE = 0.0
 #: Seconds an adopted command may be missing from the agent's heartbeats before the
 #: wrapper concludes it had ended before the checkpoint (its exit report is gone).
 ADOPT_GRACE = 30.0
+#: A crashed or hung VM with a checkpoint: temporary exit for this long, then restore.
+CRASH_RESTART_DELAY = RESTART_DELAY
+#: Restarts from one checkpoint after a crash before the task ends with an error.
+MAX_CRASH_RESTARTS = 1
 #: File the guest's jobs can test for: present while the volunteer suspends the network.
 NETWORK_SUSPENDED_FLAG = ".boinc_network_suspended"
 
@@ -414,8 +418,21 @@ class Wrapper(RuntimeListener):
         self._vm_alive = False
         what = "crashed" if state is VMState.CRASHED else "powered off"
         self._log(f"the VM {what} unexpectedly (phase: {self.phase})")
-        self.interrupt(Outcome.failure(ExitStatus.CHILD_FAILED,
-                                       f"the VM {what} unexpectedly while {self.phase}"))
+        self.interrupt(self._crash_outcome(f"the VM {what} unexpectedly while {self.phase}"))
+
+    def _crash_outcome(self, message: str) -> Outcome:
+        """A crashed or hung VM: restart from the last checkpoint after a temporary exit
+        (as vboxwrapper since BOINC PR #3181), unless there is none or the VM already
+        crashed once since that checkpoint; then the task ends with an error."""
+        restartable = (self.state.resumable and self.driver.capabilities.checkpoint_survives_crash)
+        if restartable and self.state.crash_restarts < MAX_CRASH_RESTARTS:
+            self.state.crash_restarts += 1
+            return Outcome.temporary(f"{message}; restarting from the last checkpoint",
+                                     CRASH_RESTART_DELAY)
+        if restartable:
+            message += (f" (again: {self.state.crash_restarts} restart(s) from the same "
+                        "checkpoint already crashed)")
+        return Outcome.failure(ExitStatus.CHILD_FAILED, message)
 
     def _expect_stop(self) -> None:
         self._vm_generation += 1
@@ -730,6 +747,7 @@ class Wrapper(RuntimeListener):
             self._log(f"checkpoint failed, the previous one is kept: {error}")
             return False
         self.state.resumable = True
+        self.state.crash_restarts = 0
         self.state.task_index = index if index is not None else self.state.task_index
         self.state.run_seq = seq
         self._save_state()
@@ -785,13 +803,11 @@ class Wrapper(RuntimeListener):
         self._log(f"the guest stopped answering ({error}); VM state {state}; "
                   f"guest console ends with:\n{console}")
         what = "crashed" if state is VMState.CRASHED else "stopped answering (hung)"
-        return Outcome.failure(ExitStatus.CHILD_FAILED,
-                               f"the VM {what} while {self.phase}: no heartbeat from its agent")
+        return self._crash_outcome(f"the VM {what} while {self.phase}: no heartbeat from its agent")
 
     def _guest_silent(self, vm_id: str) -> None:
         if vm_id == self.vm_name and not self.suspended:
-            self.interrupt(Outcome.failure(
-                ExitStatus.CHILD_FAILED,
+            self.interrupt(self._crash_outcome(
                 f"the VM stopped answering while {self.phase}: no heartbeat from its agent"))
 
     # -- the single exit path -------------------------------------------------------------------------

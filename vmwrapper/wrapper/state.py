@@ -41,6 +41,8 @@ class WrapperState:
     :param logins: broker logins as ``{"host": [login, passcode], "vm": [...]}``.
     :param episodes: how many times the wrapper has started for this task.
     :param boot_failures: episodes that ended because the guest never said hello.
+    :param crash_restarts: VM crashes or hangs since the last checkpoint that ended in a
+        temporary exit to restart from it; a second one ends the task with an error.
     """
 
     cpu_time: float = 0.0
@@ -53,6 +55,7 @@ class WrapperState:
     logins: dict[str, list[str]] = field(default_factory=dict)
     episodes: int = 0
     boot_failures: int = 0
+    crash_restarts: int = 0
 
     def to_json(self) -> str:
         data = {"version": STATE_VERSION, **dataclasses.asdict(self)}
@@ -84,7 +87,7 @@ class WrapperState:
 
 def _check_types(state: WrapperState, source: str) -> None:
     numbers = ("cpu_time",)
-    integers = ("task_index", "broker_port", "episodes", "boot_failures")
+    integers = ("task_index", "broker_port", "episodes", "boot_failures", "crash_restarts")
     for name in numbers:
         value = getattr(state, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
