@@ -152,7 +152,8 @@ async def _build_and_run(reactor: Any, runtime: BoincRuntime, cpu: CpuSource,
     if not _host_ready(runtime, job, slot_dir, candidate_drivers(job)):
         return
     try:
-        driver = await choose_driver(reactor, candidate_drivers(job))
+        driver = await choose_driver(reactor, candidate_drivers(job), slot_dir,
+                                     init.project_dir)
     except Exception as error:  # noqa: BLE001 - mapped onto an exit
         outcome = outcome_for_error(error)
         log(outcome.describe())
@@ -191,20 +192,26 @@ def _attach_status_page(reactor: Any, runtime: BoincRuntime, wrapper: Any, drive
     wrapper.on_exit.append(lambda outcome: view.summary(outcome.describe()).write())
 
 
-async def choose_driver(reactor: Any, names: tuple[str, ...]) -> Any:
+async def choose_driver(reactor: Any, names: tuple[str, ...],
+                        slot_dir: pathlib.Path | None = None, project_dir: str = "") -> Any:
     """The first driver in *names* whose ``probe_host`` succeeds.
+
+    Each driver gets its options from :func:`vmwrapper.wrapper.driveroptions.driver_options`
+    (for QEMU: the KVM probe files in the slot and the probe cache in *project_dir*).
 
     :raises HypervisorError: the last driver's error when none works (the
         message lists what each one said).
     """
     from vmwrapper.hypervisor import load_driver  # noqa: PLC0415
     from vmwrapper.hypervisor.errors import HypervisorError, HypervisorNotInstalled  # noqa: PLC0415
+    from vmwrapper.wrapper.driveroptions import driver_options  # noqa: PLC0415
 
     problems: list[str] = []
     last: HypervisorError | None = None
     for name in names:
         try:
-            driver = load_driver(name, reactor)
+            options = driver_options(name, slot_dir, project_dir) if slot_dir else {}
+            driver = load_driver(name, reactor, **options)
             info = await driver.probe_host()
         except HypervisorError as error:
             problems.append(f"{name}: {error}")
