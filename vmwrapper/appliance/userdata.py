@@ -42,6 +42,8 @@ class AgentConfig:
     :param vm_id: the VM's name on the broker (its queues are named after it).
     :param work_dir: where the agent runs jobs inside the guest.
     :param heartbeat_interval: seconds between the agent's heartbeats.
+    :param trusted_senders: broker logins whose requests the agent obeys (the host's);
+        None: any login the broker lets through.
     """
 
     broker_host: str
@@ -51,6 +53,7 @@ class AgentConfig:
     vm_id: str
     work_dir: str = "/var/lib/boinc-vm/work"
     heartbeat_interval: float = 10.0
+    trusted_senders: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.broker_port, int) or not 1 <= self.broker_port <= 65535:
