@@ -10,6 +10,11 @@ restored guest still runs the task command an earlier wrapper started, and
 its agent re-sends output and exit status under the old request id) and
 ``hold_liveness`` (a guest paused on purpose sends no heartbeats and must not
 be declared lost).
+
+Security: the agent is told to obey only the host's login (``trusted_senders``)
+and the host controller believes messages about this VM only from the VM's
+login (``vm_logins``), so another broker user cannot command the guest or
+forge its presence, heartbeats or results.
 """
 
 from __future__ import annotations
@@ -76,7 +81,10 @@ class GuestLink:
         session = StompSession(
             TCP4ClientEndpoint(self.reactor, host, port, timeout=CONNECT_TIMEOUT),
             StompConfig(login, passcode), clock=self.reactor)
-        self.controller = HostController(session, self.reactor)
+        vm_login = settings.logins["vm"][0]
+        # messages about this VM are believed only from its own login (forged presence,
+        # heartbeats or results from another login are ignored)
+        self.controller = HostController(session, self.reactor, vm_logins={vm_id: vm_login})
         self.controller.add_listener(on_lost=self._lost)
         self.controller.start()
         connecting = self.controller.when_connected(fail_after=5)
@@ -109,7 +117,8 @@ class GuestLink:
             local = self.broker.host in ("127.0.0.1", "localhost", "::1")
             host, port = (NAT_HOST_ADDRESS if local else self.broker.host), self.broker.port
         return {"broker_host": host, "broker_port": port, "login": login, "passcode": passcode,
-                "vm_id": vm_id, "heartbeat_interval": self.heartbeat_interval}
+                "vm_id": vm_id, "heartbeat_interval": self.heartbeat_interval,
+                "trusted_senders": [self._settings.logins["host"][0]]}
 
     # -- talking to the guest ----------------------------------------------
 
