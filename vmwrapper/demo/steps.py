@@ -253,8 +253,12 @@ def run_demo(options: DemoOptions, step: Callable[[str], None], note: Callable[[
                                    on_poll=TrickleWatcher(server, note))
         output, trickles = check_reported(reported, server, work)
         hostid = trickles[0].hostid
+        if len(trickles) < 2:
+            note(f"only the final trickle was sent: the task ran less than --trickle "
+                 f"{options.trickle_period:g} s (a faster VM, e.g. under KVM?); give a larger "
+                 "--input-mb or a smaller --trickle to see periodic ones")
         note(f"result {wu.result_name} uploaded and reported: exit status 0, "
-             f"{reported.final_cpu_time:.1f} s CPU, {len(trickles)} trickles")
+             f"{reported.final_cpu_time:.1f} s CPU, {len(trickles)} trickle(s)")
 
         step("credit: trickle_handler --one_pass on the project database")
         run_trickle_handler(db_url, work.logs / "trickle_handler.log", cwd=ROOT)
