@@ -42,6 +42,7 @@ from vmwrapper.job.model import JobDescription
 from vmwrapper.job.progress import read_fraction_done
 from vmwrapper.wrapper.channel import BrokerSettings, GuestChannel
 from vmwrapper.wrapper.cpu import POLL_PERIOD, VMCpuMeter
+from vmwrapper.wrapper.hosttask import HostRun, HostTaskError, HostTasks
 from vmwrapper.wrapper.outcome import Ending, Outcome, WrapperError, outcome_for_error
 from vmwrapper.wrapper.output import CappedOutput
 from vmwrapper.wrapper.slot import SlotLayout
@@ -112,7 +113,8 @@ class Wrapper(RuntimeListener):
     def __init__(self, *, clock: Any, runtime: Any, driver: Any, channel: GuestChannel,
                  job: JobDescription, layout: SlotLayout, vm_name: str, vm: VMSettings,
                  write_config_disk: Callable[[pathlib.Path, dict[str, Any]], Any],
-                 exit: Callable[[int], Any], log: Callable[[str], None] = default_log) -> None:
+                 exit: Callable[[int], Any], log: Callable[[str], None] = default_log,
+                 host_tasks: HostTasks | None = None) -> None:
         self.clock = clock
         self.runtime = runtime
         self.driver = driver
@@ -164,6 +166,12 @@ class Wrapper(RuntimeListener):
         self._adopt_missing_since: float | None = None
         #: called with the outcome just before the process exits (final summary lines)
         self.on_exit: list[Callable[[Outcome], None]] = []
+        #: the job's tasks with <where>host</where> (see :mod:`.hosttask`)
+        self.host = host_tasks or HostTasks(
+            spawn=getattr(clock, "spawnProcess", None), clock=clock, job=job,
+            slot_dir=layout.slot_dir, project_dir=runtime.init_data.project_dir, log=log)
+        self._host_run: HostRun | None = None
+        self._host_checkpoint_mtime: float | None = None
 
     @property
     def current_task(self) -> str:
@@ -250,12 +258,14 @@ class Wrapper(RuntimeListener):
     def suspend(self) -> None:
         self.suspended = True
         self._log("suspended by the BOINC client: pausing the VM")
+        self.host.suspend()
         if self._vm_alive:
             self._pause()
 
     def resume(self) -> None:
         self.suspended = False
         self._log("resumed by the BOINC client: continuing the VM")
+        self.host.resume()
         self._last_tick = self.clock.seconds()
         if self._vm_alive:
             d = self.driver.resume(self.vm_name)
@@ -304,12 +314,8 @@ class Wrapper(RuntimeListener):
     # -- the job --------------------------------------------------------------------------------
 
     async def _run_job(self) -> Outcome:
-        host_tasks = [t.application for t in self.job.task if t.where == "host"]
-        if host_tasks:
-            raise WrapperError(Outcome.failure(
-                ExitStatus.INIT_FAILURE,
-                f"<task>s with <where>host</where> ({', '.join(host_tasks)}) are not supported "
-                "by this vmwrapper version yet; run them in the guest"))
+        if not self.job.needs_vm:
+            return await self._run_host_only()
         self.state = self._load_state()
         self._cpu_base = self.state.cpu_time
         self.state.episodes += 1
@@ -355,6 +361,10 @@ class Wrapper(RuntimeListener):
         for index, job_task in works:
             if index < self.state.task_index:
                 continue
+            if job_task.where == "host":
+                await self._run_host_task(index)
+                self._completed_work += 1
+                continue
             adopt = self.state.run_seq if resumed and index == self.state.task_index else None
             await self._run_task(index, job_task.application, adopt)
             self._completed_work += 1
@@ -363,6 +373,79 @@ class Wrapper(RuntimeListener):
         await self._stop_daemons()
         await self._copy_out()
         return Outcome.success()
+
+    async def _run_host_only(self) -> Outcome:
+        """A job whose tasks all run on the host: no hypervisor, no broker, no VM.
+
+        As BOINC's wrapper: the count of finished tasks is saved after each one, so a
+        restart after ``<quit/>`` reruns the first unfinished task.
+        """
+        self.state = self._load_state()
+        self._cpu_base = self.state.cpu_time
+        self.state.episodes += 1
+        self._save_state()
+        self.phase = "running tasks"
+        self._start_daemons()
+        works = work_tasks(self.job)
+        self._completed_work = sum(1 for i, _ in works if i < self.state.task_index)
+        if self.state.task_index:
+            self._log(f"continuing with task {self.state.task_index + 1} "
+                      f"({self._completed_work} done before the restart)")
+        for index, _ in works:
+            if index < self.state.task_index:
+                continue
+            await self._run_host_task(index)
+            self._completed_work += 1
+            self.state.task_index = index + 1
+            self._save_state()
+        self._task_running = None
+        await self._stop_daemons()
+        return Outcome.success()
+
+    async def _run_host_task(self, index: int) -> None:
+        """Run host task *index* to its end; a non-zero exit fails the job (195)."""
+        label = f"task {index + 1}"
+        application = self.job.task[index].application
+        self._task_running = index
+        self._task_fraction = None
+        try:
+            run = self.host.start(index, self.output.stream(label))
+        except HostTaskError as error:
+            raise WrapperError(Outcome.failure(ExitStatus.INIT_FAILURE, str(error))) from None
+        self._host_run = run
+        self._host_checkpoint_mtime = self.host.checkpoint_mtime(run)
+        self._log(f"{label} started on the host: {' '.join(run.command.argv)}")
+        try:
+            result = await self._wait(run.ended)
+        finally:
+            self.output.flush()
+            self._host_run = None
+        if result.timed_out:
+            self._log(f"{label} reached its time limit of {run.task.time_limit:g} s: done")
+            return
+        if not result.succeeded:
+            how = (f"exit status {result.code}" if result.code is not None
+                   else f"signal {result.signal}")
+            raise WrapperError(Outcome.failure(
+                ExitStatus.CHILD_FAILED, f"{label} ({application}) failed on the host with {how}"))
+        self._log(f"{label} finished on the host ({result.wall_time:.1f} s, "
+                  f"CPU {run.cpu:.1f} s)")
+
+    def _watch_host_task(self) -> None:
+        """The running host task's progress file and checkpoint file (mtime change)."""
+        run = self._host_run
+        if run is None:
+            return
+        value = self.host.fraction_done(run)
+        if value is not None:
+            self._task_fraction = value
+        mtime = self.host.checkpoint_mtime(run)
+        if mtime is not None and mtime != self._host_checkpoint_mtime:
+            self._host_checkpoint_mtime = mtime
+            if not self.job.needs_vm:  # in a VM job the VM's checkpoints are the ones that count
+                self._save_state()
+                self.runtime.checkpoint_completed()
+                self.checkpoints += 1
 
     async def _run_taskless(self) -> Outcome:
         """A vbox_job-style job: the appliance works on its own until job_duration or power-off."""
@@ -558,6 +641,9 @@ class Wrapper(RuntimeListener):
     def _start_daemons(self) -> None:
         seqs = []
         for index, daemon in daemon_tasks(self.job):
+            if daemon.where == "host":
+                self._start_host_daemon(index)
+                continue
             command = self._command_for(daemon)
             seq, d = self.channel.run(self.vm_name, command.shell, command.env, command.cwd,
                                       None, self.output.stream(f"daemon {index + 1}"))
@@ -567,7 +653,18 @@ class Wrapper(RuntimeListener):
             self._log(f"started daemon task {index + 1}: {daemon.application}")
         self.state.daemon_seqs = seqs
 
+    def _start_host_daemon(self, index: int) -> None:
+        label = f"daemon {index + 1}"
+        try:
+            run = self.host.start(index, self.output.stream(label))
+        except HostTaskError as error:
+            raise WrapperError(Outcome.failure(ExitStatus.INIT_FAILURE, str(error))) from None
+        run.ended.addCallback(lambda result: self._log(
+            f"{label} ended (exit status {result.code}, signal {result.signal})"))
+        self._log(f"started daemon task {index + 1} on the host: {' '.join(run.command.argv)}")
+
     async def _stop_daemons(self) -> None:
+        await self._wait(self.host.stop_all())
         for seq in self.state.daemon_seqs:
             try:
                 await self._wait(self.channel.kill(self.vm_name, seq))
@@ -618,12 +715,13 @@ class Wrapper(RuntimeListener):
     # -- housekeeping tick ------------------------------------------------------------------------
 
     def cumulative_cpu(self) -> float:
-        """The VM's CPU seconds over every run of this task (what trickles carry)."""
-        return self._cpu_base + self.meter.episode_seconds()
+        """CPU seconds of the VM and host tasks over every run of this task (what trickles
+        carry)."""
+        return self._cpu_base + self.episode_cpu()
 
     def episode_cpu(self) -> float:
-        """The VM's CPU seconds in this run (the runtime's ``cpu_time`` source)."""
-        return self.meter.episode_seconds()
+        """CPU seconds of the VM and host tasks in this run (the runtime's ``cpu_time``)."""
+        return self.meter.episode_seconds() + self.host.cpu_seconds()
 
     def _tick(self) -> None:
         now = self.clock.seconds()
@@ -685,6 +783,10 @@ class Wrapper(RuntimeListener):
         return 0.0
 
     def _update_progress(self) -> None:
+        if self._host_run is not None:
+            self._watch_host_task()
+            self._set_fraction()
+            return
         index = self._task_running
         name = ""
         if index is not None:
@@ -816,6 +918,7 @@ class Wrapper(RuntimeListener):
         self.outcome = outcome
         self._interrupt = self._interrupt or outcome
         self._log(outcome.describe())
+        await self._stop_host_tasks()
         self.output.flush()
         try:
             if outcome.ending is Ending.FINISH:
@@ -837,6 +940,13 @@ class Wrapper(RuntimeListener):
             outcome = self.outcome = Outcome.abort()
             await self._destroy_vm()
         self._exit_with(outcome)
+
+    async def _stop_host_tasks(self) -> None:
+        """Terminate host tasks still running (quit, abort, failure): TERM, then KILL."""
+        if not self.host.runs:
+            return
+        self._log(f"stopping {len(self.host.runs)} host task(s)")
+        await _bounded(self.host.stop_all(), self.host.grace + 5.0, self.clock)
 
     async def _final_trickle(self) -> None:
         if self.trickles.period <= 0:
@@ -871,7 +981,7 @@ class Wrapper(RuntimeListener):
         if self._vm_created:
             await _bounded(self.driver.destroy(self.vm_name), DESTROY_BUDGET, self.clock,
                            raise_errors=True)
-        else:
+        elif self.driver is not None:
             await _bounded(self.driver.cleanup_stale(self.layout.vm_dir, keep_checkpoint=False),
                            DESTROY_BUDGET, self.clock, raise_errors=True)
         if keep_state:

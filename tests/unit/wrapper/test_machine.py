@@ -330,17 +330,6 @@ def test_corrupt_state_file_means_a_fresh_start(slot):
     assert done.result.status == 0
 
 
-def test_host_tasks_are_refused_clearly_until_supported(slot):
-    job = slot.write_job().read_text().replace(
-        "<application>/bin/sh</application>", "<where>host</where><application>/bin/sh</application>")
-    run = slot.run(compute(5), job_xml=job)
-    run.start()
-    run.advance(2)
-    status, message = run.runtime.finished
-    assert status == ExitStatus.INIT_FAILURE and "<where>host</where>" in message
-    assert [c for c, _ in run.driver.calls if c != "cleanup_stale"] == []
-
-
 def test_adopted_command_that_had_already_ended_does_not_hang_the_job(slot):
     first = slot.run(compute(100))
     first.start()
