@@ -149,6 +149,10 @@ async def _build_and_run(reactor: Any, runtime: BoincRuntime, cpu: CpuSource,
     for warning in loaded.warnings:
         log(str(warning))
     job = loaded.job
+    if not job.needs_vm:  # only host tasks: no hypervisor to check or start
+        log("every task runs on the host: no VM, no hypervisor, no broker")
+        _run(reactor, runtime, cpu, build_wrapper(reactor, runtime, slot_dir, job, None), None)
+        return
     if not _host_ready(runtime, job, slot_dir, candidate_drivers(job)):
         return
     try:
@@ -162,7 +166,11 @@ async def _build_and_run(reactor: Any, runtime: BoincRuntime, cpu: CpuSource,
         else:
             runtime.finish(outcome.status, outcome.message)
         return
-    wrapper = build_wrapper(reactor, runtime, slot_dir, job, driver)
+    _run(reactor, runtime, cpu, build_wrapper(reactor, runtime, slot_dir, job, driver), driver)
+
+
+def _run(reactor: Any, runtime: BoincRuntime, cpu: CpuSource, wrapper: Any, driver: Any) -> None:
+    """Start *wrapper* with its CPU source, signal handlers and status page."""
     cpu.source = wrapper.episode_cpu
     _install_signal_handlers(reactor, wrapper)
     _attach_status_page(reactor, runtime, wrapper, driver)
@@ -185,7 +193,8 @@ def _attach_status_page(reactor: Any, runtime: BoincRuntime, wrapper: Any, drive
     try:
         from vmwrapper.status.wrapper_view import start_status_page  # noqa: PLC0415
 
-        view = start_status_page(reactor, runtime, wrapper, hypervisor=driver.name)
+        view = start_status_page(reactor, runtime, wrapper,
+                                 hypervisor=driver.name if driver else "none (host tasks)")
     except Exception as error:  # noqa: BLE001 - the job runs without a page
         log(f"status page unavailable: {type(error).__name__}: {error}")
         return
