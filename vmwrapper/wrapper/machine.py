@@ -42,6 +42,7 @@ from vmwrapper.job.model import JobDescription
 from vmwrapper.job.progress import read_fraction_done
 from vmwrapper.wrapper.channel import BrokerSettings, GuestChannel
 from vmwrapper.wrapper.cpu import POLL_PERIOD, VMCpuMeter
+from vmwrapper.wrapper.guestfiles import GuestFileWatcher, unsupported_warnings
 from vmwrapper.wrapper.hosttask import HostRun, HostTaskError, HostTasks
 from vmwrapper.wrapper.outcome import Ending, Outcome, WrapperError, outcome_for_error
 from vmwrapper.wrapper.output import CappedOutput
@@ -164,6 +165,12 @@ class Wrapper(RuntimeListener):
         self.checkpoints = 0
         self._adopting: tuple[defer.Deferred[Any], float] | None = None
         self._adopt_missing_since: float | None = None
+        #: the outcome of a completion trigger file or of job_duration (outputs copied first)
+        self._completion: Outcome | None = None
+        self.guest_files = GuestFileWatcher(
+            job=job, channel=channel, vm_id=vm_name, scratch=layout.scratch_file,
+            send_trickle=runtime.send_trickle_up, end=self._complete,
+            checkpoint=self._checkpoint_if_possible, log=log)
         #: called with the outcome just before the process exits (final summary lines)
         self.on_exit: list[Callable[[Outcome], None]] = []
         #: the job's tasks with <where>host</where> (see :mod:`.hosttask`)
@@ -196,6 +203,8 @@ class Wrapper(RuntimeListener):
         self._ticker.clock = self.clock
         self._ticker.start(TICK, now=False)
         self.channel.on_lost(self._guest_silent)
+        for line in unsupported_warnings(self.job):
+            self._log(line)
         flow = defer.ensureDeferred(self._main())
         flow.addErrback(self._unexpected)
         return self.done
@@ -205,6 +214,8 @@ class Wrapper(RuntimeListener):
             outcome = await self._run_job()
         except Interrupted as interrupted:
             outcome = interrupted.outcome
+            if outcome is self._completion:
+                outcome = await self._after_completion(outcome)
         except Exception as error:  # noqa: BLE001 - every failure gets an ending
             outcome = await self._outcome_for(error)
         if self._abort_requested:
@@ -347,6 +358,8 @@ class Wrapper(RuntimeListener):
         return await self._work(resumed)
 
     async def _work(self, resumed: bool) -> Outcome:
+        if not resumed:
+            await self._copy_to_shared()
         if not self.job.task:
             return await self._run_taskless()
         if not resumed:
@@ -618,6 +631,18 @@ class Wrapper(RuntimeListener):
             self._log(f"copied {item.logical_name} into the guest as {destination}")
         self.state.inputs_copied = True
 
+    async def _copy_to_shared(self) -> None:
+        """vboxwrapper's ``<copy_to_shared>``: slot files into the guest's work directory
+        (which stands in for the shared directory, see :mod:`.guestfiles`)."""
+        for name in self.job.copy_to_shared:
+            source = resolve_filename(self.layout.slot_dir, name)
+            if not source.is_file():
+                raise WrapperError(Outcome.failure(
+                    ExitStatus.INIT_FAILURE,
+                    f"<copy_to_shared> file {name} ({source}) is missing from the slot"))
+            await self._wait(self.channel.put_file(self.vm_name, str(source), name))
+            self._log(f"copied {name} into the guest's work directory (<copy_to_shared>)")
+
     async def _copy_out(self) -> None:
         self.phase = "copying out"
         for item in self.job.copy_from_guest:
@@ -751,6 +776,11 @@ class Wrapper(RuntimeListener):
             self.trickles.maybe_send(self.running_seconds)
             if self._ticks % int(PROGRESS_PERIOD / TICK) == 0:
                 self._update_progress()
+            if self._vm_alive:
+                self.guest_files.maybe_scan(self.running_seconds)
+            if self.job.task and 0 < self.job.job_duration <= self.running_seconds:
+                self._complete(Outcome.success(
+                    f"job_duration of {self.job.job_duration:g} s reached"))
             if self._checkpoint_due():
                 self._checkpoint()
             self._check_adopted()
@@ -792,7 +822,7 @@ class Wrapper(RuntimeListener):
         if index is not None:
             name = self.job.task[index].fraction_done_filename
         name = name or self.job.fraction_done_filename
-        if name and index is not None and not self._fetching_progress:
+        if name and (index is not None or not self.job.task) and not self._fetching_progress:
             self._fetch_progress(name)
         self._set_fraction()
 
@@ -816,6 +846,33 @@ class Wrapper(RuntimeListener):
             self._fetching_progress = False
 
         d.addCallbacks(got, lambda _: None).addBoth(done)
+
+    # -- the guest ends the job (completion trigger, job_duration) -------------------------------
+
+    def _complete(self, outcome: Outcome) -> None:
+        """End the run with *outcome*; a successful one copies the outputs out first."""
+        if self._interrupt is None:
+            self._completion = outcome
+            self.interrupt(outcome)
+
+    async def _after_completion(self, outcome: Outcome) -> Outcome:
+        if (outcome.ending is not Ending.FINISH or outcome.status != 0 or not self._vm_alive
+                or self._abort_requested or not self.job.copy_from_guest):
+            return outcome
+        self._interrupt = None  # let the copy run; a later interrupt still wins
+        try:
+            await self._copy_out()
+        except Interrupted as interrupted:
+            return interrupted.outcome
+        except Exception as error:  # noqa: BLE001 - every failure gets an ending
+            return await self._outcome_for(error)
+        return outcome
+
+    def _checkpoint_if_possible(self) -> defer.Deferred[Any]:
+        if self._vm_alive and self.driver.capabilities.checkpoint \
+                and not self.job.disable_automatic_checkpoints:
+            return self._checkpoint()
+        return defer.succeed(False)
 
     # -- checkpoints ---------------------------------------------------------------------------------
 
@@ -1012,11 +1069,12 @@ class Wrapper(RuntimeListener):
             except Exception as error:  # noqa: BLE001 - exiting anyway
                 self._log(f"exit hook failed: {_describe(error)}")
         if outcome.ending is Ending.FINISH:
-            finishing = self.runtime.finish(outcome.status, outcome.message or None)
+            finishing = self.runtime.finish(outcome.status, outcome.message or None,
+                                            outcome.notice)
             finishing.addBoth(lambda _: self.done.callback(outcome))
             return
         if outcome.ending is Ending.TEMPORARY:
-            self.runtime.temporary_exit(outcome.delay, outcome.message)
+            self.runtime.temporary_exit(outcome.delay, outcome.message, outcome.notice)
         elif outcome.ending is Ending.ABORT:
             self.runtime.abort_exit()
         else:

@@ -36,12 +36,14 @@ class Ending(enum.Enum):
 
 @dataclass(frozen=True)
 class Outcome:
-    """One ending with its status (FINISH), delay (TEMPORARY) and a message for the volunteer."""
+    """One ending with its status (FINISH), delay (TEMPORARY) and a message for the volunteer;
+    *notice*: the client shows the message as a notice (a guest's trigger file asks for it)."""
 
     ending: Ending
     status: int = 0
     message: str = ""
     delay: float = 0.0
+    notice: bool = False
 
     @classmethod
     def success(cls, message: str = "") -> Outcome:

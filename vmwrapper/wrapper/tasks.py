@@ -78,6 +78,8 @@ def job_fraction_done(job: JobDescription, completed: int, task_fraction: float 
     :param expected_seconds: expected running time of the whole job (0 = unknown).
     """
     tasks = [t for _, t in work_tasks(job)]
+    if task_fraction is not None and not job.task:  # the job's own fraction_done_filename
+        return task_fraction
     if task_fraction is not None and tasks:
         return overall_fraction_done(tasks, completed, task_fraction)
     if expected_seconds > 0:
