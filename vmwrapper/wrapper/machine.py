@@ -1038,7 +1038,7 @@ class Wrapper(RuntimeListener):
         if self._vm_created:
             await _bounded(self.driver.destroy(self.vm_name), DESTROY_BUDGET, self.clock,
                            raise_errors=True)
-        elif self.driver is not None:
+        elif self.driver is not None and self.job.needs_vm:
             await _bounded(self.driver.cleanup_stale(self.layout.vm_dir, keep_checkpoint=False),
                            DESTROY_BUDGET, self.clock, raise_errors=True)
         if keep_state:
