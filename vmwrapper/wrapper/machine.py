@@ -362,29 +362,43 @@ class Wrapper(RuntimeListener):
             await self._copy_to_shared()
         if not self.job.task:
             return await self._run_taskless()
-        if not resumed:
+        works = work_tasks(self.job)
+        # files go into the guest just before its first task and out just after its last,
+        # so host tasks before may make the inputs and host tasks after may use the outputs
+        if not resumed and works and works[0][1].where == "guest":
             await self._copy_in()
         self.phase = "running tasks"
         if self._network_suspended:
             self._tell_guest_network()
         if not resumed:
             self._start_daemons()
-        works = work_tasks(self.job)
+        else:
+            self._start_daemons(only_host=True)  # guest daemons live on in the restored VM
+        last_guest = max((i for i, t in works if t.where == "guest"), default=-1)
+        copied_out = False
         self._completed_work = sum(1 for i, _ in works if i < self.state.task_index)
         for index, job_task in works:
             if index < self.state.task_index:
                 continue
             if job_task.where == "host":
+                if index > last_guest and not copied_out:
+                    await self._copy_out()
+                    copied_out = True
+                    self.phase = "running tasks"
                 await self._run_host_task(index)
                 self._completed_work += 1
                 continue
+            if not self.state.inputs_copied:
+                await self._copy_in()
+                self.phase = "running tasks"
             adopt = self.state.run_seq if resumed and index == self.state.task_index else None
             await self._run_task(index, job_task.application, adopt)
             self._completed_work += 1
             self._task_fraction = None
         self._task_running = None
         await self._stop_daemons()
-        await self._copy_out()
+        if not copied_out:
+            await self._copy_out()
         return Outcome.success()
 
     async def _run_host_only(self) -> Outcome:
@@ -663,11 +677,13 @@ class Wrapper(RuntimeListener):
                 raise
             self._log(f"copied {source} out of the guest as {item.logical_name}")
 
-    def _start_daemons(self) -> None:
+    def _start_daemons(self, only_host: bool = False) -> None:
         seqs = []
         for index, daemon in daemon_tasks(self.job):
             if daemon.where == "host":
                 self._start_host_daemon(index)
+                continue
+            if only_host:
                 continue
             command = self._command_for(daemon)
             seq, d = self.channel.run(self.vm_name, command.shell, command.env, command.cwd,
@@ -676,7 +692,8 @@ class Wrapper(RuntimeListener):
                 f"daemon {i + 1} ended: {f.getErrorMessage()}"))
             seqs.append(seq)
             self._log(f"started daemon task {index + 1}: {daemon.application}")
-        self.state.daemon_seqs = seqs
+        if not only_host:
+            self.state.daemon_seqs = seqs
 
     def _start_host_daemon(self, index: int) -> None:
         label = f"daemon {index + 1}"
