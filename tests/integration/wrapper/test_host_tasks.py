@@ -137,3 +137,31 @@ def test_suspend_resume_and_abort_of_a_host_task_leave_no_process(submit_host, w
                "the wrapper and every host process to end after the abort")
     result = wait_reported(job, timeout=60)
     assert result.exit_status != 0
+
+
+@pytest.mark.qemu
+def test_mixed_job_hands_files_host_to_guest_to_host(submit_host, wrapper_project):
+    job = submit_host("wu_host_mixed", f"""<vm_job>
+  <image>vm_image.qcow2</image>
+  <hypervisor>qemu</hypervisor>
+  <boot_timeout>180</boot_timeout>
+  <trickle_period>0</trickle_period>
+  <copy_to_guest><logical_name>mid</logical_name><guest_path>input.txt</guest_path></copy_to_guest>
+  <copy_from_guest><guest_path>output.txt</guest_path><logical_name>guest_out</logical_name></copy_from_guest>
+  {host_task("prep.sh", "in mid")}
+  <task><application>/bin/sh</application>
+    <command_line>-c 'sed "s/^/guest: /" input.txt > output.txt'</command_line></task>
+  {host_task("finish.sh", "guest_out out")}
+</vm_job>
+""")
+    result = wait_reported(job, timeout=240)
+    stderr = result.stderr_out
+    assert (result.exit_status, result.state) == (0, RESULT_STATE_FILES_UPLOADED), stderr
+    assert wrapper_project.uploads[f"{job.result_name}_out"] == (
+        b"guest: A LINE\nguest: B LINE\nguest: prepared on the host\nfinished on the host\n")
+    steps = ["task 1 finished on the host", "copied mid into the guest",
+             "task 2 finished in the guest", "copied output.txt out of the guest",
+             "task 3 started on the host", "task 3 finished on the host"]
+    positions = [stderr.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), (positions, stderr)
+    assert stderr.count("said hello") == 1
