@@ -27,7 +27,8 @@ JOB = """<job_desc>
     <command_line>in mid</command_line></task>
   <task><where>host</where><application>finish</application>
     <command_line>mid out</command_line>
-    <fraction_done_filename>progress</fraction_done_filename></task>
+    <fraction_done_filename>progress</fraction_done_filename>
+    <checkpoint_filename>progress</checkpoint_filename></task>
 </job_desc>
 """
 STEP = '#!/bin/sh\necho ran >> step.log\ntr a-z A-Z < "$1" > "$2"\n'
@@ -100,6 +101,9 @@ def test_quit_stops_the_running_task_and_the_restart_reruns_only_it(slot):
     first.spin_until(lambda: (slot / "finish.log").exists())
     first.spin_until(lambda: first.runtime.fraction_done == pytest.approx(0.75))
     pid = first.wrapper._host_run.pid
+    # writing its checkpoint file (a new mtime) is a checkpoint: the state is saved
+    first.spin_until(lambda: first.runtime.checkpoints)
+    assert '"task_index": 1' in (slot / "vmwrapper_state.json").read_text()
     first.wrapper.quit()
     first.spin_until(lambda: first.exits == [0])
     assert first.runtime.finished is None
