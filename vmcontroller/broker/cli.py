@@ -16,6 +16,7 @@ import threading
 from vmcontroller.broker.credentials import CredentialsError, generate_credentials
 from vmcontroller.broker.server import BrokerConfig, EmbeddedBroker
 from vmcontroller.stomp.codec import DEFAULT_MAX_FRAME_SIZE
+from vmcontroller.stomp.heap import reuse_large_buffers
 
 __all__ = ["build_parser", "main", "parse_listen"]
 
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"wrote {args.credentials}")
         return 0
+    reuse_large_buffers()  # this process is only the broker: relayed chunks reuse pages
     try:
         listen = parse_listen(args.listen)
         broker = EmbeddedBroker(

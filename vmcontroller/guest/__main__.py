@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from vmcontroller.guest.agent import Agent
     from vmcontroller.stomp.client import StompConfig, StompSession
+    from vmcontroller.stomp.heap import reuse_large_buffers
+
+    reuse_large_buffers()  # file chunks reuse heap pages instead of fresh mmaps
 
     session = StompSession(
         TCP4ClientEndpoint(reactor, config.broker_host, config.broker_port, timeout=10),
