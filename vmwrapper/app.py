@@ -189,16 +189,17 @@ def _host_ready(runtime: BoincRuntime, job: Any, slot_dir: pathlib.Path,
 
 
 def _attach_status_page(reactor: Any, runtime: BoincRuntime, wrapper: Any, driver: Any) -> None:
-    """The volunteer's status page (``web_graphics_url``) and the final summary lines."""
-    try:
-        from vmwrapper.status.wrapper_view import start_status_page  # noqa: PLC0415
+    """The volunteer's status page (``web_graphics_url``, built on the first visit: see
+    :mod:`vmwrapper.wrapper.lazystatus`) and the final summary lines."""
+    from vmwrapper.wrapper.lazystatus import LazyStatusPage  # noqa: PLC0415
 
-        view = start_status_page(reactor, runtime, wrapper,
-                                 hypervisor=driver.name if driver else "none (host tasks)")
+    page = LazyStatusPage(reactor, runtime, wrapper,
+                          hypervisor=driver.name if driver else "none (host tasks)")
+    try:
+        page.start()
     except Exception as error:  # noqa: BLE001 - the job runs without a page
         log(f"status page unavailable: {type(error).__name__}: {error}")
-        return
-    wrapper.on_exit.append(lambda outcome: view.summary(outcome.describe()).write())
+    wrapper.on_exit.append(lambda outcome: page.write_summary(outcome.describe()))
 
 
 async def choose_driver(reactor: Any, names: tuple[str, ...],
