@@ -473,6 +473,7 @@ class Wrapper(RuntimeListener):
                 self._save_state()
                 self.runtime.checkpoint_completed()
                 self.checkpoints += 1
+                self._log(f"{self.current_task} checkpointed (its checkpoint file changed)")
 
     async def _run_taskless(self) -> Outcome:
         """A vbox_job-style job: the appliance works on its own until job_duration or power-off."""
