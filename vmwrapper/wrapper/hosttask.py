@@ -411,16 +411,16 @@ class HostTasks:
         endings = [run.terminate() for run in list(self.runs)]
         return defer.DeferredList(endings, consumeErrors=True)
 
-    def fraction_done(self, run: HostRun) -> float | None:
-        """The task's ``fraction_done_filename`` value, if it names one and holds a number."""
-        name = run.task.fraction_done_filename
+    def fraction_done(self, task: Task) -> float | None:
+        """*task*'s ``fraction_done_filename`` value, if it names one and holds a number."""
+        name = task.fraction_done_filename
         if not name:
             return None
         return read_fraction_done(resolve_filename(self.slot_dir, name))
 
-    def checkpoint_mtime(self, run: HostRun) -> float | None:
-        """The mtime of the task's ``checkpoint_filename`` (None: none named, or no file)."""
-        name = run.task.checkpoint_filename
+    def checkpoint_mtime(self, task: Task) -> float | None:
+        """The mtime of *task*'s ``checkpoint_filename`` (None: none named, or no file)."""
+        name = task.checkpoint_filename
         if not name:
             return None
         try:

@@ -435,12 +435,12 @@ class Wrapper(RuntimeListener):
         application = self.job.task[index].application
         self._task_running = index
         self._task_fraction = None
+        self._host_checkpoint_mtime = self.host.checkpoint_mtime(self.job.task[index])
         try:
             run = self.host.start(index, self.output.stream(label))
         except HostTaskError as error:
             raise WrapperError(Outcome.failure(ExitStatus.INIT_FAILURE, str(error))) from None
         self._host_run = run
-        self._host_checkpoint_mtime = self.host.checkpoint_mtime(run)
         self._log(f"{label} started on the host: {' '.join(run.command.argv)}")
         try:
             result = await self._wait(run.ended)
@@ -463,10 +463,10 @@ class Wrapper(RuntimeListener):
         run = self._host_run
         if run is None:
             return
-        value = self.host.fraction_done(run)
+        value = self.host.fraction_done(run.task)
         if value is not None:
             self._task_fraction = value
-        mtime = self.host.checkpoint_mtime(run)
+        mtime = self.host.checkpoint_mtime(run.task)
         if mtime is not None and mtime != self._host_checkpoint_mtime:
             self._host_checkpoint_mtime = mtime
             if not self.job.needs_vm:  # in a VM job the VM's checkpoints are the ones that count
