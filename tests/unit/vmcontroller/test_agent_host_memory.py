@@ -66,10 +66,19 @@ class World:
         self.broker.flush()
 
     def settle(self, seconds: float = 0.0) -> None:
-        self.broker.flush()
+        self._until_quiet()
         if seconds:
             self.clock.advance(seconds)
+            self._until_quiet()
+
+    def _until_quiet(self) -> None:
+        """Deliver, end the reactor turn (coalesced transfer acks go out), repeat."""
+        while True:
             self.broker.flush()
+            now = self.clock.seconds()
+            if not any(call.getTime() <= now for call in self.clock.getDelayedCalls()):
+                return
+            self.clock.advance(0)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from vmcontroller.transfer import (
 class Link:
     """Two one-way queues between a sender and a receiver; tests pump them."""
 
-    def __init__(self, tmp_path, size=10_000, chunk=1000, window=3, max_size=None):
+    def __init__(self, tmp_path, size=10_000, chunk=1000, window=3, max_size=None, ack_every=4):
         self.clock = Clock()
         self.source = tmp_path / "src"
         self.source.write_bytes(os.urandom(size))
@@ -47,13 +47,15 @@ class Link:
         )  # fmt: skip
         self.receiver = TransferReceiver(
             "t", str(self.target), lambda m, p: self.to_sender.append((m, p)), self.clock,
-            max_size=max_size,
+            max_size=max_size, ack_every=ack_every,
         )  # fmt: skip
 
     def pump(self, drop=lambda m: False):
+        """Deliver everything both ways, one reactor turn after another, until quiet."""
         moved = True
         while moved:
             moved = False
+            self.clock.advance(0)  # end of the turn: the receiver's coalesced ack goes out
             while self.to_receiver:
                 message, payload = self.to_receiver.popleft()
                 moved = True
@@ -95,6 +97,64 @@ def test_window_bounds_the_chunks_in_flight(tmp_path):
     assert link.target.read_bytes() == link.source.read_bytes()
     assert _result(link.receiver.done) == result
     assert not os.path.exists(temp_path_for(str(link.target), "t"))
+
+
+def _deliver_to_receiver(link):
+    """One reactor turn of the receiver: every queued message, then the turn ends."""
+    while link.to_receiver:
+        message, payload = link.to_receiver.popleft()
+        link.receiver.on_data(message, payload)
+
+
+def test_chunks_of_one_turn_share_an_ack_and_ack_every_caps_them(tmp_path):
+    link = Link(tmp_path, window=10, ack_every=4)
+    link.sender.start(0)
+    _deliver_to_receiver(link)  # ten chunks in one turn
+    assert [m.offset for m, _ in link.to_sender] == [4000, 8000]  # at 4 and 8 chunks
+    link.clock.advance(0)  # the turn ends: the last two together
+    assert [m.offset for m, _ in link.to_sender] == [4000, 8000, 10_000]
+    assert not any(m.sync for m, _ in link.to_sender)
+    link.pump()
+    assert _result(link.sender.done).size == 10_000
+    assert link.receiver.acks_sent == 3
+    assert link.target.read_bytes() == link.source.read_bytes()
+
+
+def test_a_lone_chunk_is_acknowledged_when_the_turn_ends(tmp_path):
+    link = Link(tmp_path, window=1)
+    link.sender.start(0)
+    _deliver_to_receiver(link)
+    assert not link.to_sender  # not yet: more chunks of this turn could follow
+    link.clock.advance(0)
+    assert [(m.offset, m.sync) for m, _ in link.to_sender] == [(1000, False)]
+    link.pump()
+    assert _result(link.sender.done).size == 10_000
+    assert link.receiver.acks_sent == 10
+
+
+def test_lost_cumulative_acks_resume_from_the_receivers_offset(tmp_path):
+    link = Link(tmp_path, window=5)
+    link.sender.start(0)
+    _deliver_to_receiver(link)
+    link.clock.advance(0)
+    assert [m.offset for m, _ in link.to_sender] == [4000, 5000]
+    link.to_sender.clear()  # both acks lost
+    assert link.receiver.offset == 5000 and link.sender.acked == 0
+    link.clock.advance(2.0)  # the sender stalls and asks where the receiver stands
+    link.pump()
+    assert _result(link.sender.done).size == 10_000
+    assert link.sender.bytes_sent == 10_000  # rewound to 5000, not to the last ack (0)
+    assert link.target.read_bytes() == link.source.read_bytes()
+
+
+def test_a_failed_transfer_sends_no_late_ack(tmp_path):
+    link = Link(tmp_path, window=2)
+    link.sender.start(0)
+    _deliver_to_receiver(link)
+    link.receiver.fail(ErrorCode.IO_ERROR, "disk gone")
+    link.clock.advance(0)
+    assert [type(m) for m, _ in link.to_sender] == [TransferFailed]
+    assert _result(link.receiver.done).value.code == ErrorCode.IO_ERROR
 
 
 def test_a_lost_chunk_is_resent_after_a_gap_sync(tmp_path):
@@ -169,6 +229,8 @@ def test_bad_parameters_and_acks_are_refused(tmp_path):
     (tmp_path / "f").write_bytes(b"x")
     with pytest.raises(ValueError):
         TransferSender("t", str(tmp_path / "f"), print, None, Clock(), chunk_size=0)
+    with pytest.raises(ValueError, match="ack_every must be >= 1 chunk, got 0"):
+        TransferReceiver("t", str(tmp_path / "g"), print, Clock(), ack_every=0)
     link = Link(tmp_path, size=100)
     link.sender.start(0)
     link.sender.on_ack(DataAck("t", 500))
