@@ -6,7 +6,7 @@ message type maps to one handler method (:data:`Agent.HANDLERS`, advertised in
 the hello's ``capabilities``), so adding a command is adding a method.
 
 * Requests are acknowledged to the broker only after their handler ran
-  (``client-individual``), so a request that arrived just before the
+  (``client``: one cumulative ACK per socket read), so a request that arrived just before the
   connection died is redelivered, and ``run``/``kill`` requests seen before
   (same ``seq``) are ignored instead of run twice.
 * Replies (a command's output and exit status, answers) are kept in a
@@ -167,7 +167,7 @@ class Agent:
     def start(self) -> None:
         """Subscribe, start heartbeats and connect (returns at once)."""
         os.makedirs(self.work_dir, exist_ok=True)
-        self.session.subscribe(to_guest(self.agent_id), self._on_frame, ack="client-individual")
+        self.session.subscribe(to_guest(self.agent_id), self._on_frame, ack="client")
         self.session.add_listener(on_connect=self._connected, on_disconnect=self._disconnected)
         self._heartbeat_call = self.clock.callLater(self.config.heartbeat_interval, self._heartbeat)
         self.session.start()

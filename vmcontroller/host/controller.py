@@ -227,7 +227,7 @@ class HostController:
         self._watched.add(vm_id)
         self.vms.setdefault(vm_id, VMStatus(vm_id))
         self.session.subscribe(
-            to_host(vm_id), self._on_frame, ack="client-individual",
+            to_host(vm_id), self._on_frame, ack="client",
             headers={"prefetch-count": "256"},
         )  # fmt: skip
         self._send(vm_id, Who(), quiet=True)

@@ -144,6 +144,9 @@ class StompClientProtocol(Protocol):
         self._lost = False
         self._receipt_ids = itertools.count(1)
         self._receipts: dict[str, defer.Deferred[None]] = {}
+        # ack:client subscriptions -> the last MESSAGE handled in this read
+        # (one cumulative ACK per subscription per read; see subscribe()).
+        self._unacked: dict[str, Frame] = {}
 
     # --- connection life -----------------------------------------------------
 
@@ -180,6 +183,10 @@ class StompClientProtocol(Protocol):
             if self._lost:
                 return
             self._frame_received(frame)
+        if self._unacked and not self._lost:
+            unacked, self._unacked = self._unacked, {}
+            for frame in unacked.values():
+                self.ack(frame)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._lost = True
@@ -212,7 +219,9 @@ class StompClientProtocol(Protocol):
                 log.failure(
                     "message handler failed for {dest}", dest=frame.headers.get("destination")
                 )
-            if ack != "auto":
+            if ack == "client":
+                self._unacked[frame.headers["subscription"]] = frame
+            elif ack == "client-individual":
                 self.ack(frame)
         elif command == "CONNECTED":
             self._on_connected(frame)
@@ -301,6 +310,10 @@ class StompClientProtocol(Protocol):
         With ``ack="client-individual"`` each message is acknowledged after
         its handler returned, so a message that arrived on a connection that
         then died is redelivered by the broker instead of lost.
+        ``ack="client"`` keeps that promise with fewer frames: the messages
+        of one socket read are acknowledged together, by one cumulative ACK
+        of the last, once every handler of the read has returned (a file
+        relay then sends one ACK per read instead of one per chunk).
         """
         if ack not in ("auto", "client", "client-individual"):
             raise ValueError(f"ack mode {ack!r}: use auto, client or client-individual")

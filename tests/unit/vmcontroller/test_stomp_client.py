@@ -76,6 +76,31 @@ def test_ack_in_11_names_message_and_subscription():
     assert ack.headers == {"message-id": "m9", "subscription": sub}
 
 
+def test_client_ack_acknowledges_one_read_with_one_cumulative_ack():
+    _, proto, transport, _, _ = _connect()
+    handled = []
+    sub = proto.subscribe("/queue/q", lambda f: handled.append((f.body, transport.value())),
+                          ack="client")  # fmt: skip
+    other = proto.subscribe("/queue/r", lambda f: None, ack="client")
+    transport.clear()
+
+    def message(sub_id, n):
+        headers = {"subscription": sub_id, "message-id": f"m{n}", "ack": f"a{n}"}
+        return encode_frame(Frame("MESSAGE", headers, b"%d" % n))
+
+    proto.dataReceived(message(sub, 1) + message(other, 2) + message(sub, 3))
+    # No ACK while the read's handlers run, then the last one per subscription.
+    assert handled == [(b"1", b""), (b"3", b"")]
+    assert [(f.command, f.headers) for f in _frames(transport)] == [
+        ("ACK", {"id": "a3"}),
+        ("ACK", {"id": "a2"}),
+    ]
+    proto.dataReceived(message(sub, 4)[:5])  # a read that completes nothing acks nothing
+    assert transport.value() == b""
+    proto.dataReceived(message(sub, 4)[5:])
+    assert [f.headers for f in _frames(transport)] == [{"id": "a4"}]
+
+
 def test_heartbeats_are_sent_when_idle():
     clock, proto, transport, _, _ = _connect(heartbeat=1.0, server_hb="500,500")
     clock.advance(1.0)
