@@ -267,6 +267,29 @@ def test_threaded_sha256_matches_hashlib_in_order():
         digest.update(b"late")
 
 
+def test_threaded_sha256_wakes_its_thread_once_per_batch():
+    calls, call_from_thread = _via_queue()
+    digest = ThreadedSha256(call_from_thread, batch_bytes=1000)
+    handed_over = []
+
+    class CountingQueue(queue.SimpleQueue):
+        def put(self, item):
+            handed_over.append(item)
+            super().put(item)
+
+    digest._queue = CountingQueue()
+    pieces = [os.urandom(400) for _ in range(7)]
+    digest.update(pieces[0])
+    digest.update(pieces[1])
+    assert digest._thread is None and not handed_over  # 800 bytes: still gathering
+    for piece in pieces[2:]:
+        digest.update(piece)
+    assert [len(batch) for batch in handed_over] == [3, 3]  # 1200 bytes each; 400 wait
+    result = digest.hexdigest()
+    _run_next(calls)
+    assert _result(result) == hashlib.sha256(b"".join(pieces)).hexdigest()
+
+
 def test_threaded_sha256_of_nothing_needs_no_thread():
     calls, call_from_thread = _via_queue()
     digest = ThreadedSha256(call_from_thread)
