@@ -165,3 +165,39 @@ def test_mixed_job_hands_files_host_to_guest_to_host(submit_host, wrapper_projec
     positions = [stderr.find(step) for step in steps]
     assert -1 not in positions and positions == sorted(positions), (positions, stderr)
     assert stderr.count("said hello") == 1
+
+
+def test_quit_of_a_host_only_job_reruns_only_the_unfinished_task(submit_host, wrapper_client,
+                                                                  wrapper_project):
+    job = submit_host("wu_host_quit", f"""<job_desc>
+  {host_task("prep.sh", "in mid")}
+  {host_task("gate.sh", "mid out", "<checkpoint_filename>gate_checkpoint</checkpoint_filename>")}
+</job_desc>
+""")
+    # the client quits only a task that has checkpointed (else it just suspends it)
+    text = job.wait_log(r"task 2: /bin/sh checkpointed", timeout=60)
+    gate = int(re.search(r"gate pid (\d+)", text).group(1))
+    wait_until(lambda: job.client.task(job.result_name).checkpoint_cpu_time > 0, 15,
+               "the client to learn of the checkpoint")
+    slot, first_wrapper = job.slot_dir(), job.pid()
+    try:
+        wrapper_client.set_leave_apps_in_memory(False)
+        wrapper_client.task_op(wrapper_project.url, job.result_name, "suspend")  # <quit/>
+        try:
+            wait_until(lambda: not alive(first_wrapper) and not alive(gate), 30,
+                       "the wrapper and its host task to end on quit")
+        except TimeoutError as error:
+            raise AssertionError(f"{error}; stderr.txt:\n{job.stderr()[-3000:]}\n"
+                                 f"client log:\n{wrapper_client.log_tail(3000)}") from None
+    finally:
+        wrapper_client.set_leave_apps_in_memory(True)
+    wrapper_client.task_op(wrapper_project.url, job.result_name, "resume")
+    job.wait_log(r"continuing with task 2", timeout=60)
+    job.wait_log(r"gate pid \d+", timeout=30, count=2)
+    (slot / "gate_open").touch()
+    result = wait_reported(job, timeout=60)
+    assert (result.exit_status, result.state) == (0, RESULT_STATE_FILES_UPLOADED), result.stderr_out
+    assert result.stderr_out.count("task 1 started on the host") == 1
+    assert result.stderr_out.count("task 2 started on the host") == 2
+    assert wrapper_project.uploads[f"{job.result_name}_out"] == (
+        b"B LINE\nA LINE\nprepared on the host\n")
