@@ -41,6 +41,11 @@ _connection_numbers = itertools.count(1)
 
 # Bytes asked of each recv(): large, so a burst of frames costs few syscalls.
 _RECV_SIZE = 256 * 1024
+# Bytes asked of the recv() after a large body: a file chunk usually
+# follows, and this reads its header block (plus a little body) without
+# pulling the rest of the body into the shared buffer, from which the parser
+# would have to copy it; the body then goes straight into its own buffer.
+_HEAD_RECV_SIZE = 8 * 1024
 # The parser stops after these so the negotiated version applies to what follows.
 _PAUSE_AFTER = frozenset({"CONNECT", "STOMP"})
 
@@ -159,6 +164,7 @@ class BrokerRequestHandler(StompRequestHandler):
         # shrink a fresh 256 KiB object on every call, ~10 us each.
         buffer = bytearray(_RECV_SIZE)
         view = memoryview(buffer)
+        after_body = False  # the last read filled a large body
         while not self.outbox.closing:
             wait = self._read_deadline()
             if wait is not None and not poller.poll(max(0.0, wait - clock()) * 1000):
@@ -174,8 +180,13 @@ class BrokerRequestHandler(StompRequestHandler):
             # the buffer that becomes the frame's body (and is sent on from
             # there): no copy of file chunks in the broker's user space.
             sink = self.buffer.body_sink()
+            if sink is not None:
+                target = sink
+            else:
+                target = view[:_HEAD_RECV_SIZE] if after_body else view
+            after_body = sink is not None
             try:
-                size = sock.recv_into(sink if sink is not None else buffer)
+                size = sock.recv_into(target)
             except OSError:
                 return
             finally:
