@@ -40,8 +40,9 @@ from vmwrapper.job.macros import expand_task, macro_values
 from vmwrapper.job.model import JobDescription, Task
 from vmwrapper.job.progress import read_fraction_done
 
-#: Seconds between SIGTERM and SIGKILL when a task is stopped (the client waits 60 s).
-TERMINATE_GRACE = 10.0
+#: Seconds between SIGTERM and SIGKILL when a task is stopped: the client kills the app 60 s
+#: after <quit/>, and the VM's checkpoint and power-off (45 s at most) may follow.
+TERMINATE_GRACE = 5.0
 #: The program that puts a task into a process group of its own (util-linux, always there).
 SETSID = "/usr/bin/setsid"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -373,6 +374,9 @@ class HostTasks:
         """
         task = self.job.task[index]
         label = f"task {index + 1}"
+        if self.spawn is None:
+            raise HostTaskError(f"{label}: this wrapper was built without a way to start "
+                                "processes (its clock is not a reactor)")
         command = host_command(task, self.job, self.slot_dir, self.project_dir)
         try:
             run = HostRun(label, task, command, clock=self.clock, spawn=self.spawn,
