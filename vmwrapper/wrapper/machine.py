@@ -178,6 +178,7 @@ class Wrapper(RuntimeListener):
             spawn=getattr(clock, "spawnProcess", None), clock=clock, job=job,
             slot_dir=layout.slot_dir, project_dir=runtime.init_data.project_dir, log=log)
         self._host_run: HostRun | None = None
+        self._vm_pids: list[int] = []
         self._host_checkpoint_mtime: float | None = None
 
     @property
@@ -441,6 +442,8 @@ class Wrapper(RuntimeListener):
         except HostTaskError as error:
             raise WrapperError(Outcome.failure(ExitStatus.INIT_FAILURE, str(error))) from None
         self._host_run = run
+        self._report_other_pids()
+        run.ended.addBoth(lambda result: (self._report_other_pids(), result)[1])
         self._log(f"{label} started on the host: {' '.join(run.command.argv)}")
         try:
             result = await self._wait(run.ended)
@@ -521,7 +524,12 @@ class Wrapper(RuntimeListener):
                 pid = pid_of(self.vm_name)
             except Exception:  # noqa: BLE001 - optional information
                 pid = None
-        self.runtime.other_pids = [pid] if pid else []
+        self._vm_pids = [pid] if pid else []
+        self._report_other_pids()
+
+    def _report_other_pids(self) -> None:
+        """The VM's and the running host tasks' pids, for the client to count and kill."""
+        self.runtime.other_pids = self._vm_pids + [run.pid for run in self.host.runs]
 
     def _vm_stopped(self, state: VMState, generation: int) -> None:
         if generation != self._vm_generation:
@@ -702,8 +710,10 @@ class Wrapper(RuntimeListener):
             run = self.host.start(index, self.output.stream(label))
         except HostTaskError as error:
             raise WrapperError(Outcome.failure(ExitStatus.INIT_FAILURE, str(error))) from None
+        self._report_other_pids()
         run.ended.addCallback(lambda result: self._log(
             f"{label} ended (exit status {result.code}, signal {result.signal})"))
+        run.ended.addBoth(lambda result: (self._report_other_pids(), result)[1])
         self._log(f"started daemon task {index + 1} on the host: {' '.join(run.command.argv)}")
 
     async def _stop_daemons(self) -> None:

@@ -101,11 +101,13 @@ def test_quit_stops_the_running_task_and_the_restart_reruns_only_it(slot):
     first.spin_until(lambda: (slot / "finish.log").exists())
     first.spin_until(lambda: first.runtime.fraction_done == pytest.approx(0.75))
     pid = first.wrapper._host_run.pid
+    assert first.runtime.other_pids == [pid]  # the client counts it and kills it if we die
     # writing its checkpoint file (a new mtime) is a checkpoint: the state is saved
     first.spin_until(lambda: first.runtime.checkpoints)
     assert '"task_index": 1' in (slot / "vmwrapper_state.json").read_text()
     first.wrapper.quit()
     first.spin_until(lambda: first.exits == [0])
+    assert first.runtime.other_pids == []
     assert first.runtime.finished is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
