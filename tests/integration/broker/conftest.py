@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import pytest
 import stomp
@@ -88,7 +89,13 @@ def stomppy(broker):
             conn.connect(login.login, login.passcode, wait=True)
         return conn, recorder
 
+    before = broker.connection_count
     yield make
     for conn in made:
         with contextlib.suppress(Exception):
             conn.disconnect()
+    # The broker drops a connection (and its subscriptions) on its own thread: wait for it,
+    # or the next test's message to the same queue may go to this test's dead subscriber.
+    deadline = time.monotonic() + 10
+    while broker.connection_count > before and time.monotonic() < deadline:
+        time.sleep(0.01)

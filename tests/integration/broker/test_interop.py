@@ -12,7 +12,7 @@ VERSIONS = ["1.0", "1.1", "1.2"]
 BINARY = bytes(range(256)) + b"\x00\x00end"
 
 
-def wait_for(predicate, timeout=5.0):
+def wait_for(predicate, timeout=15.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
