@@ -11,7 +11,10 @@ Modules, one job each:
 * :mod:`.cpu`: the VM's CPU time, polled and accumulated;
 * :mod:`.output`: guest output streamed into ``stderr.txt``, size-capped;
 * :mod:`.outcome`: how the run ends, and errors mapped onto BOINC outcomes;
-* :mod:`.slot`: file names in the slot and their cleanup.
+* :mod:`.slot`: file names in the slot and their cleanup;
+* :mod:`.guestfiles`: vboxwrapper's guest-written trigger, heartbeat and trickle files;
+* :mod:`.driveroptions`: hypervisor driver options (QEMU's KVM probe files and cache);
+* :mod:`.lazystatus`: the status page, built on the first visit.
 
 ``vmwrapper.app`` builds the real pieces and runs the machine in the reactor.
 """
