@@ -9,9 +9,9 @@ import pathlib
 import pytest
 from twisted.internet import defer
 
-from tests.integration.hypervisor.harness_qemu import appliance  # noqa: F401
 from tests.integration.hypervisor.reactor_thread import ReactorThread
 from vmwrapper.app import choose_driver
+from vmwrapper.appliance.builder import find_built
 from vmwrapper.wrapper.driveroptions import PROBE_CACHE, driver_options
 
 
@@ -68,16 +68,17 @@ def running_reactor():
 
 
 @pytest.mark.qemu
-def test_real_probe_decides_once_then_comes_from_the_cache(dirs, appliance,  # noqa: F811
-                                                           running_reactor):
+def test_real_probe_decides_once_then_comes_from_the_cache(dirs, running_reactor):
     """On this host the KVM probe boot either works or not: the verdict goes to the
     project's cache, and the next wrapper start reads it back instead of probing."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("no usable /dev/kvm here: QEMU decides TCG without a probe")
+    built = find_built()  # unit tests never build it: the QEMU suites do (cached)
+    if built is None or built.probe_kernel is None or built.probe_initrd is None:
+        pytest.skip("no appliance built yet (the QEMU integration tests build it)")
     slot, project = dirs
-    built_dir = pathlib.Path(appliance.qcow2).parent
-    for name in ("probe-vmlinuz", "probe-initrd"):
-        link(slot, name, built_dir / name)
+    link(slot, "probe-vmlinuz", built.probe_kernel)
+    link(slot, "probe-initrd", built.probe_initrd)
 
     def start_wrapper() -> defer.Deferred:
         d = defer.ensureDeferred(choose_driver(running_reactor.reactor, ("qemu",), slot,
