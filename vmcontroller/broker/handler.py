@@ -32,6 +32,7 @@ from vmcontroller.broker.credentials import Login
 from vmcontroller.broker.outbox import Outbox, OutboxClosed
 from vmcontroller.broker.protocol import PROTOCOLS
 from vmcontroller.stomp.codec import HEARTBEAT, Frame, FrameError, FrameParser
+from vmcontroller.stomp.sockets import enlarge_buffers
 
 __all__ = ["BrokerRequestHandler", "CodecFrameBuffer"]
 
@@ -117,6 +118,7 @@ class BrokerRequestHandler(StompRequestHandler):
             )
         )
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        enlarge_buffers(self.request)
         self.request.settimeout(None)
         self.last_seen = config.clock()
         self.outbox = Outbox(

@@ -43,6 +43,7 @@ from vmcontroller.stomp.codec import (
     encode_frame,
     encode_head,
 )
+from vmcontroller.stomp.sockets import enlarge_buffers
 
 __all__ = [
     "NotConnectedError",
@@ -156,6 +157,9 @@ class StompClientProtocol(Protocol):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            enlarge_buffers(sock)  # a transfer window fits in the kernel
         if hasattr(self.transport, "bufferSize"):
             # Read up to 1 MiB per wake-up (Twisted's default is 64 KiB): a
             # 256 KiB file chunk then usually arrives in one dataReceived.
