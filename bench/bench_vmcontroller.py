@@ -9,7 +9,9 @@ runs on a shared machine, so compare the ratios):
   over one loopback TCP connection, a second process ``recv_into()``s a
   reused buffer and writes the destination file (no hashing, no framing):
   target >= 0.3x.  A memory-to-memory raw TCP figure (same connection, no
-  files) is printed too, for scale;
+  files) is printed too, for scale, and the CPU time the broker, agent and
+  host processes spent per transfer (steadier than wall time on a shared
+  machine; what an optimisation of the relay should lower);
 * ``ping`` round trip and ``run true`` end to end, p50/p99: target p50 <= 5 ms
   for ``true``;
 * idle CPU of the agent process and of the host controller process, as a
@@ -100,6 +102,18 @@ def cpu_seconds(pid: int) -> float:
         with open(f"/proc/{pid}/task/{task}/schedstat") as handle:
             total += int(handle.read().split()[0])
     return total / 1e9
+
+
+def sha256_cpu(path: Path) -> float:
+    """CPU seconds hashlib takes for the sha256 of ``path`` (read time excluded)."""
+    digest = hashlib.sha256()
+    spent = 0.0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            started = time.thread_time()
+            digest.update(block)
+            spent += time.thread_time() - started
+    return spent
 
 
 def make_file(path: Path, size: int) -> str:
@@ -233,6 +247,21 @@ def run(args: argparse.Namespace, size: int, tmp: Path, processes: list) -> int:
     raw: list[float] = []
     raw_memory: list[float] = []
     relay: dict[tuple[str, int], list[float]] = {}
+    # CPU seconds each process spent per transfer: steadier than wall time
+    # on a shared machine, and it shows where the relay's cost lies.
+    roles = {"broker": broker.pid, "agent": agent.pid, "host": os.getpid()}
+    cpu: dict[tuple[str, int], list[dict[str, float]]] = {}
+
+    def timed(key: tuple[str, int], function: Any, *call_args: Any) -> Any:
+        before = {role: cpu_seconds(pid) for role, pid in roles.items()}
+        started = time.perf_counter()
+        result = hr.call(function, *call_args)
+        relay.setdefault(key, []).append(time.perf_counter() - started)
+        cpu.setdefault(key, []).append(
+            {role: cpu_seconds(pid) - before[role] for role, pid in roles.items()}
+        )
+        return result
+
     chunk_sizes = (256 * 1024, 1024 * 1024)
     for _ in range(args.repeat):  # interleaved, so load swings hit every figure alike
         raw.append(raw_tcp_copy(source, tmp / "raw.bin", size))
@@ -240,12 +269,8 @@ def run(args: argparse.Namespace, size: int, tmp: Path, processes: list) -> int:
         raw_memory.append(raw_tcp_copy(None, None, size))
         for chunk in chunk_sizes:
             host.chunk_size = chunk
-            started = time.perf_counter()
-            put = hr.call(host.put_file, "bench", str(source), "copy.bin")
-            relay.setdefault(("put", chunk), []).append(time.perf_counter() - started)
-            started = time.perf_counter()
-            got = hr.call(host.get_file, "bench", "copy.bin", str(tmp / "back.bin"))
-            relay.setdefault(("get", chunk), []).append(time.perf_counter() - started)
+            put = timed(("put", chunk), host.put_file, "bench", str(source), "copy.bin")
+            got = timed(("get", chunk), host.get_file, "bench", "copy.bin", str(tmp / "back.bin"))
             assert put.sha256 == got.sha256 == digest, "checksum mismatch"
             (tmp / "back.bin").unlink()
             (work / "copy.bin").unlink()
@@ -267,6 +292,15 @@ def run(args: argparse.Namespace, size: int, tmp: Path, processes: list) -> int:
             f"  {label}, {chunk // 1024:>4} KiB chunks {rate_line(size, times, raw_rate)}{default}"
         )
     print(f"  (ratios against memory to memory: the above times {raw_rate / memory_rate:.2f})")
+    print(
+        f"  CPU per transfer, median ms; host and agent each include one sha256 of the file,"
+        f" {sha256_cpu(source) * 1000:.0f} ms here"
+    )
+    for key, samples in cpu.items():
+        figures = "  ".join(
+            f"{role} {statistics.median(s[role] for s in samples) * 1000:5.0f}" for role in roles
+        )
+        print(f"    {key[0]} {key[1] // 1024:>4} KiB chunks: {figures}")
 
     # --- latency -------------------------------------------------------------
     for _ in range(20):
