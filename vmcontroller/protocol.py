@@ -77,6 +77,7 @@ __all__ = [
     "Who",
     "decode",
     "encode",
+    "encode_parts",
 ]
 
 #: The version every message carries in ``v``; see the history above.
@@ -444,14 +445,24 @@ def _schema(cls: type[Message]) -> list[tuple[str, bool, Callable[[Any], bool]]]
 
 def encode(message: Message, payload: bytes = b"") -> bytes:
     """Serialise ``message`` (and its binary payload) into a STOMP body."""
+    return b"".join(encode_parts(message, payload))
+
+
+def encode_parts(message: Message, payload: bytes = b"") -> tuple[bytes, ...]:
+    """The parts whose concatenation is ``encode(message, payload)``.
+
+    ``payload`` is passed through untouched (no copy): senders of file chunks
+    hand the parts to the STOMP client, which writes them one after the other
+    instead of joining a second copy of every chunk.
+    """
     if payload and not message.HAS_PAYLOAD:
         raise ValueError(f"a {message.TYPE} message carries no payload")
     fields = {"type": message.TYPE, "v": PROTOCOL_VERSION}
     fields.update(dataclasses.asdict(message))
     header = _json.dumps(fields, separators=(",", ":")).encode("utf-8")
     if message.HAS_PAYLOAD:
-        return b"".join((header, b"\n", payload))
-    return header
+        return (header + b"\n", payload)
+    return (header,)
 
 
 def decode(body: bytes) -> tuple[Message, bytes]:

@@ -75,6 +75,7 @@ from vmcontroller.protocol import (
     Who,
     decode,
     encode,
+    encode_parts,
 )
 from vmcontroller.stomp.codec import Frame
 from vmcontroller.transfer import TransferReceiver, TransferSender, digest_for
@@ -274,7 +275,7 @@ class Agent:
 
     def _send_transfer(self, message: Message, payload: bytes = b"") -> None:
         """Transfer traffic: never queued (the transfer resyncs after a reconnect)."""
-        self.session.send(self._reply_to, encode(message, payload))
+        self.session.send(self._reply_to, encode_parts(message, payload))
 
     # --- receiving --------------------------------------------------------------
 

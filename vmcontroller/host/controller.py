@@ -70,7 +70,7 @@ from vmcontroller.protocol import (
     TransferFailed,
     Who,
     decode,
-    encode,
+    encode_parts,
 )
 from vmcontroller.stomp.codec import Frame
 from vmcontroller.transfer import (
@@ -410,7 +410,7 @@ class HostController:
         self, vm_id: str, message: Message, payload: bytes = b"", quiet: bool = False
     ) -> None:
         try:
-            self.session.send(to_guest(vm_id), encode(message, payload))
+            self.session.send(to_guest(vm_id), encode_parts(message, payload))
         except ConnectionError as problem:
             seq = getattr(message, "seq", None)
             if not quiet and seq is not None:

@@ -302,6 +302,19 @@ class StompClientProtocol(Protocol):
             self.transport.write(encode_frame(frame, self.version))
         self._last_sent = self.clock.seconds()
 
+    def _write_parts(self, frame: Frame, parts: tuple[bytes, ...]) -> None:
+        """Write ``frame`` with ``parts`` back to back as its body, never joined.
+
+        File chunks come as (message header, payload): joining them here would
+        copy every chunk once more before Twisted copies it into its buffer.
+        """
+        size = sum(len(part) for part in parts)
+        head = encode_head(frame, self.version)  # body-less: ends in the blank line
+        if size:
+            head = b"%bcontent-length:%d\n\n" % (head[:-1], size)
+        self.transport.writeSequence((head, *parts, b"\x00"))
+        self._last_sent = self.clock.seconds()
+
     def subscribe(
         self,
         destination: str,
@@ -336,11 +349,14 @@ class StompClientProtocol(Protocol):
     def send(
         self,
         destination: str,
-        body: bytes,
+        body: bytes | tuple[bytes, ...],
         headers: dict[str, str] | None = None,
         receipt: bool = False,
     ) -> defer.Deferred[None] | None:
         """SEND ``body`` to ``destination`` (content-length is always set).
+
+        ``body`` may be a tuple of parts (see :func:`vmcontroller.protocol.encode_parts`):
+        they are written one after the other as one body, without joining them.
 
         Every frame claims ``user-id: <our login>``: RabbitMQ passes it on only
         when the sender sets it (and refuses a false one), the embedded broker
@@ -362,7 +378,10 @@ class StompClientProtocol(Protocol):
             frame_headers["receipt"] = receipt_id
             confirmed = defer.Deferred()
             self._receipts[receipt_id] = confirmed
-        self._write(Frame("SEND", frame_headers, body))
+        if isinstance(body, tuple):
+            self._write_parts(Frame("SEND", frame_headers), body)
+        else:
+            self._write(Frame("SEND", frame_headers, body))
         return confirmed
 
     def ack(self, frame: Frame) -> None:
@@ -458,7 +477,7 @@ class StompSession:
     def send(
         self,
         destination: str,
-        body: bytes,
+        body: bytes | tuple[bytes, ...],
         headers: dict[str, str] | None = None,
         receipt: bool = False,
     ) -> defer.Deferred[None] | None:

@@ -56,12 +56,14 @@ class MemorySession:
     def send(
         self,
         destination: str,
-        body: bytes,
+        body: bytes | tuple[bytes, ...],
         headers: dict[str, str] | None = None,
         receipt: bool = False,
     ) -> defer.Deferred[None] | None:
         if not self.is_connected:
             raise NotConnectedError("memory session is down")
+        if isinstance(body, tuple):  # parts (encode_parts): one body, as on the wire
+            body = b"".join(body)
         self.sent.append((destination, body))
         self.broker.publish(destination, body, login=self.name)
         if not receipt:

@@ -113,3 +113,13 @@ def test_decode_never_fails_with_anything_but_protocol_error(body):
     else:
         assert isinstance(message, p.Message)
         assert p.decode(p.encode(message, bytes(payload)))[0] == message
+
+
+def test_encode_parts_pass_the_payload_through_and_join_to_encode():
+    payload = memoryview(bytes(range(256)) * 4)
+    parts = p.encode_parts(p.Data("t1", 0), payload)
+    assert parts[-1] is payload
+    assert b"".join(parts) == p.encode(p.Data("t1", 0), payload)
+    assert p.encode_parts(p.DataAck("t1", 10)) == (p.encode(p.DataAck("t1", 10)),)
+    with pytest.raises(ValueError, match="carries no payload"):
+        p.encode_parts(p.DataAck("t1", 10), b"x")

@@ -150,3 +150,32 @@ def test_backoff_grows_exponentially_with_bounded_jitter():
     assert backoff_delay(3, jitter=lambda: 1.0) == pytest.approx(1.6 * 1.25)
     with pytest.raises(ValueError):
         backoff_delay(-1)
+
+
+class _SequenceTransport(StringTransport):
+    """Records what each writeSequence() call was given, as well as the bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sequences: list[list[object]] = []
+
+    def writeSequence(self, seq) -> None:  # noqa: N802 (Twisted's name)
+        self.sequences.append(list(seq))
+        super().writeSequence(seq)
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.2"])
+def test_a_body_in_parts_is_sent_as_one_body_without_joining_the_parts(version):
+    _, proto, _, _, _ = _connect(version=version)
+    transport = _SequenceTransport()
+    proto.transport = transport
+    payload = memoryview(bytearray(b"\x00chunk\n" * 40000))
+    proto.send("/queue/q", (b'{"type":"data"}\n', payload), {"x": "a:b"})
+    proto.send("/queue/q", (b"",))
+    (sent,) = [seq for seq in transport.sequences if any(part is payload for part in seq)]
+    assert len(sent) == 4  # head, message header, the payload itself, NUL
+    data, empty = FrameParser(version).feed(transport.value())
+    assert data.command == "SEND" and data.headers["x"] == "a:b"
+    assert data.body == b'{"type":"data"}\n' + bytes(payload)
+    assert data.headers["content-length"] == str(len(data.body))
+    assert empty.body == b"" and "content-length" not in empty.headers
