@@ -156,6 +156,11 @@ class _TaskProtocol(protocol.ProcessProtocol):
     def __init__(self, run: HostRun) -> None:
         self.run = run
 
+    def connectionMade(self) -> None:
+        # the pid now: a child that exits at once is reaped (its transport's pid cleared)
+        # before spawnProcess returns
+        self.run.pid = self.transport.pid
+
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self.run.on_output("stdout" if childFD == 1 else "stderr", data)
 
@@ -191,9 +196,10 @@ class HostRun:
         self._kill_call: Any = None
         self._timed_out = False
         self._stopped = False
+        self.pid: int = 0  # set by the protocol as soon as the process exists
         self.process = self._spawn(spawn)
-        self.pid: int = self.process.pid
-        self._arm_limit()
+        if self.result is None:
+            self._arm_limit()
 
     def _spawn(self, spawn: Callable[..., Any]) -> Any:
         files = []
@@ -261,6 +267,8 @@ class HostRun:
     def _signal_group(self, signum: int) -> None:
         """*signum* to the task's group; to its process alone if it has not made the group yet
         (a signal sent in the first instant after the start)."""
+        if self.pid <= 0:  # never 0: that would signal the wrapper's own group
+            return
         try:
             os.killpg(self.pid, signum)
             return
@@ -312,7 +320,8 @@ class HostRun:
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
         try:  # whatever the task left behind in its group (never the bare pid: it is reaped)
-            os.killpg(self.pid, signal.SIGKILL)
+            if self.pid > 0:
+                os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         growth = self._usage.take()
