@@ -905,7 +905,9 @@ class Wrapper(RuntimeListener):
     # -- checkpoints ---------------------------------------------------------------------------------
 
     def _checkpoint_due(self) -> bool:
-        if (self._checkpointing is not None or self._run_seq is None
+        # A job with tasks checkpoints while one runs (the state names the command to adopt);
+        # a task-less vbox_job.xml job runs the VM's own workload and checkpoints throughout.
+        if (self._checkpointing is not None or (self._run_seq is None and self.job.task)
                 or self.job.disable_automatic_checkpoints
                 or not self.driver.capabilities.checkpoint):
             return False

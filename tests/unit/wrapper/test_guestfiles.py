@@ -214,3 +214,17 @@ def test_missing_copy_to_shared_file_is_an_init_failure(slot):
     run.start()
     run.advance(10)
     assert run.runtime.finished[0] == ExitStatus.INIT_FAILURE
+
+
+def test_a_taskless_job_checkpoints_when_it_is_time(slot):
+    """vboxwrapper's files without <task>s run the VM's own workload: it is checkpointed
+    when the client says it is time (and minimum_checkpoint_interval allows), like any job."""
+    first = run_with_small_commands(slot, job("  <job_duration>2000</job_duration>", task=""))
+    first.start()
+    first.advance(30)
+    first.runtime.checkpoint_due = True
+    first.advance(30)
+    assert ("save_checkpoint", VM) not in first.driver.calls  # minimum_checkpoint_interval 600
+    first.advance(600)
+    assert ("save_checkpoint", VM) in first.driver.calls
+    assert first.runtime.checkpoints, "checkpoint_completed was not called"

@@ -10,7 +10,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from tests.unit.wrapper.test_crash_restart_qemu import OneRun, qemus_under, wait_until
+from tests.integration.wrapper.test_crash_restart_qemu import OneRun, qemus_under, wait_until
 from tests.unit.wrapper.test_driver_options import running_reactor  # noqa: F401
 from vmwrapper.appliance.builder import find_built
 
