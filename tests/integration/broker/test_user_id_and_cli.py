@@ -141,3 +141,11 @@ def test_broker_process_rejects_bad_credentials_file(tmp_path):
     )
     assert done.returncode == 1
     assert "logins" in done.stderr
+
+
+def test_listen_backlog_lets_many_guests_connect_at_once(broker):
+    """The kernel's accept queue (ss's Send-Q of a listening socket) is 128, not socketserver's 5."""
+    port = broker.address[1]
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert int(out[2]) == 128, out
