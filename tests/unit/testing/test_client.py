@@ -95,9 +95,14 @@ def fake_client(tmp_path: pathlib.Path) -> BoincClient:
 def started_app(client: BoincClient) -> int:
     """The fake app's PID, once it is ``sleep`` (the shell forks and execs on the way)."""
 
+    def command_name(pid: int) -> str:
+        try:
+            return pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
+        except FileNotFoundError:  # the shell on the way exited between listing and reading
+            return ""
+
     def sleepers() -> list[int]:
-        return [pid for pid in client.app_pids()
-                if pathlib.Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"]
+        return [pid for pid in client.app_pids() if command_name(pid) == "sleep"]
 
     client.wait_until(lambda: len(sleepers()) == 1, 5, "the fake app")
     return sleepers()[0]
