@@ -6,6 +6,9 @@ directly and refuse any document type declaration: no DTD means no entity
 definitions, so no entity expansion ("billion laughs"), no external entities and
 no network access. The standard library's ElementTree parser would accept them.
 Nesting is limited too (:data:`MAX_DEPTH`).
+
+:func:`hardened_parser` is the one place where the refusals are set up; the job
+file reader (``vmwrapper.job.xmltree``) builds its line-numbered tree on it.
 """
 
 from __future__ import annotations
@@ -20,12 +23,29 @@ from vmwrapper.boinc.errors import BoincApiError
 MAX_DEPTH = 64
 
 
-class _Forbidden(Exception):
+class ForbiddenXml(Exception):
     """Raised from expat callbacks to stop at a DTD, an entity or deep nesting."""
 
 
 def _refuse(*_args: object) -> None:
-    raise _Forbidden("document type declarations and entities are not allowed")
+    raise ForbiddenXml("document type declarations and entities are not allowed")
+
+
+def hardened_parser() -> expat.XMLParserType:
+    """An expat parser that raises :class:`ForbiddenXml` at any DTD or entity declaration.
+
+    Refusing the ``<!DOCTYPE>`` itself is what makes the input safe: without a DTD
+    no entity can be defined, so none can expand or fetch anything. Callers add
+    their element and text handlers; text is buffered so one run of text arrives
+    in one call.
+    """
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = _refuse
+    parser.EntityDeclHandler = _refuse
+    parser.UnparsedEntityDeclHandler = _refuse
+    parser.ExternalEntityRefHandler = _refuse
+    parser.buffer_text = True
+    return parser
 
 
 class _DepthLimitedBuilder(ET.TreeBuilder):
@@ -38,7 +58,7 @@ class _DepthLimitedBuilder(ET.TreeBuilder):
     def start(self, tag: str, attrs: dict[str, str]) -> ET.Element:
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            raise _Forbidden(f"elements nested deeper than {MAX_DEPTH} levels")
+            raise ForbiddenXml(f"elements nested deeper than {MAX_DEPTH} levels")
         return super().start(tag, attrs)
 
     def end(self, tag: str) -> ET.Element:
@@ -54,19 +74,14 @@ def parse_xml(data: bytes, what: str, error: type[BoincApiError] = BoincApiError
     :returns: the root element.
     """
     builder = _DepthLimitedBuilder()
-    parser = expat.ParserCreate()
-    parser.StartDoctypeDeclHandler = _refuse
-    parser.EntityDeclHandler = _refuse
-    parser.UnparsedEntityDeclHandler = _refuse
-    parser.ExternalEntityRefHandler = _refuse
+    parser = hardened_parser()
     parser.StartElementHandler = builder.start
     parser.EndElementHandler = builder.end
     parser.CharacterDataHandler = builder.data
-    parser.buffer_text = True
     try:
         parser.Parse(data, True)
         root = builder.close()
-    except _Forbidden as exc:
+    except ForbiddenXml as exc:
         raise error(f"{what}: {exc}") from None
     except expat.ExpatError as exc:
         raise error(f"{what}: malformed XML: {exc}") from None

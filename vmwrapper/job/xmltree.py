@@ -1,16 +1,20 @@
 """A small, safe XML reader for job files: elements that remember their line.
 
 Job errors must name a line, which ElementTree cannot give, so we build our own
-tiny tree straight from expat. Like every XML input of the wrapper it refuses
-document type declarations outright: without a DTD there are no entity
-definitions, hence no entity expansion ("billion laughs") and no external
-entities. The file size is capped so a corrupt file cannot eat the memory.
+tiny tree straight from expat, on the wrapper's one hardened parser
+(:func:`vmwrapper.boinc.xmlsafe.hardened_parser`). Like every XML input of the
+wrapper it refuses document type declarations outright: without a DTD there
+are no entity definitions, hence no entity expansion ("billion laughs") and no
+external entities. The file size is capped so a corrupt file cannot eat the
+memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from xml.parsers import expat
+
+from vmwrapper.boinc.xmlsafe import ForbiddenXml, hardened_parser
 
 #: Job descriptions are a few kilobytes; anything above this is not one.
 MAX_JOB_FILE_BYTES = 1 << 20
@@ -39,10 +43,6 @@ class XmlReadError(Exception):
         self.fix = fix
 
 
-class _Refused(Exception):
-    pass
-
-
 def read_xml(data: bytes) -> XmlElement:
     """Parse *data* into a tree of :class:`XmlElement`.
 
@@ -51,12 +51,9 @@ def read_xml(data: bytes) -> XmlElement:
     if len(data) > MAX_JOB_FILE_BYTES:
         raise XmlReadError(None, f"the file has {len(data)} bytes; a job file has at most "
                                  f"{MAX_JOB_FILE_BYTES}", "give the right file")
-    parser = expat.ParserCreate()
+    parser = hardened_parser()
     stack: list[XmlElement] = []
     roots: list[XmlElement] = []
-
-    def refuse(*_args: object) -> None:
-        raise _Refused("<!DOCTYPE> and entity declarations are not allowed in a job file")
 
     def start(tag: str, attributes: dict[str, str]) -> None:
         element = XmlElement(tag, parser.CurrentLineNumber, dict(attributes))
@@ -74,18 +71,14 @@ def read_xml(data: bytes) -> XmlElement:
             element.text_line = parser.CurrentLineNumber
         element.text += data
 
-    parser.StartDoctypeDeclHandler = refuse
-    parser.EntityDeclHandler = refuse
-    parser.UnparsedEntityDeclHandler = refuse
-    parser.ExternalEntityRefHandler = refuse
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = text
-    parser.buffer_text = True
     try:
         parser.Parse(data, True)
-    except _Refused as exc:
-        raise XmlReadError(parser.CurrentLineNumber, str(exc),
+    except ForbiddenXml:
+        raise XmlReadError(parser.CurrentLineNumber,
+                           "<!DOCTYPE> and entity declarations are not allowed in a job file",
                            "remove the <!DOCTYPE ...> block and write values directly") from None
     except expat.ExpatError as exc:
         raise XmlReadError(exc.lineno, f"malformed XML: {expat.ErrorString(exc.code)} "
