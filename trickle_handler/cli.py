@@ -14,6 +14,7 @@ import math
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from trickle_handler import __version__
 from trickle_handler.batch import DEFAULT_BATCH_SIZE, BatchHandler, MessageLog
@@ -55,89 +56,58 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _boinc_option(name: str) -> list[str]:
+def _boinc_option(*names: str) -> tuple[str, ...]:
     """``--name`` and ``-name``: BOINC daemons accept both spellings (sched_util.cpp is_arg)."""
-    return [f"--{name}", f"-{name}"]
+    return tuple(spelling for name in names for spelling in (f"--{name}", f"-{name}"))
+
+
+#: The options in ``--help`` order: their spellings, then argparse's keywords for them.
+OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (_boinc_option("project_dir"), {"metavar": "DIR", "help": "the BOINC project directory"}),
+    (_boinc_option("db"), {
+        "metavar": "URL",
+        "help": "mysql://user:pw@host:port/db or sqlite:///path (overrides config.xml)"}),
+    (_boinc_option("variety"), {
+        "default": "cpu_time", "help": "message variety (default cpu_time)"}),
+    (_boinc_option("one_pass"), {
+        "action": "store_true", "help": "handle the queue once, then exit"}),
+    (_boinc_option("sleep", "sleep_interval"), {
+        "dest": "sleep", "type": _positive, "default": 5.0, "metavar": "SECONDS",
+        "help": "pause when the queue is empty (default 5)"}),
+    (_boinc_option("mod"), {
+        "nargs": 2, "type": _non_negative_int, "metavar": ("N", "I"),
+        "help": "handle only messages with hostid %% N == I"}),
+    (("-d", "--d"), {
+        "dest": "debug_level", "type": int, "default": NORMAL, "metavar": "LEVEL",
+        "help": "log level: 1 critical, 2 warning, 3 normal, 4 debug (+ SQL)"}),
+    (_boinc_option("max_runtime"), {
+        "type": _positive, "default": DEFAULT_MAX_RUNTIME, "metavar": "SECONDS",
+        "help": f"most CPU seconds credited for one message (default {DEFAULT_MAX_RUNTIME:g})"}),
+    (_boinc_option("max_fpops"), {
+        "type": _positive, "default": DEFAULT_MAX_FPOPS, "metavar": "FLOPS",
+        "help": f"speed cap while too few hosts for percentiles (default {DEFAULT_MAX_FPOPS:g})"}),
+    (_boinc_option("report_grace"), {
+        "type": _non_negative_int, "default": DEFAULT_REPORT_GRACE, "metavar": "SECONDS",
+        "help": "credit trickles stored this long after the result was reported (default 3600)"}),
+    (_boinc_option("batch_size"), {
+        "type": int, "default": DEFAULT_BATCH_SIZE, "metavar": "N",
+        "help": f"messages per transaction (default {DEFAULT_BATCH_SIZE})"}),
+    (_boinc_option("create_tables"), {
+        "action": "store_true",
+        "help": "create our state tables (and BOINC's, when absent) if missing"}),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (also used to print ``--help``)."""
+    """The argument parser (also used to print ``--help``), built from :data:`OPTIONS`."""
     p = argparse.ArgumentParser(
         prog="trickle_handler",
         allow_abbrev=False,  # BOINC daemons take whole option names only
         description="Grant BOINC credit for CPU-time trickle-up messages, exactly once.",
         epilog="Stops after the current batch on SIGHUP, SIGTERM, SIGINT or <project>/stop_daemons.",
     )
-    p.add_argument(*_boinc_option("project_dir"), metavar="DIR", help="the BOINC project directory")
-    p.add_argument(
-        *_boinc_option("db"),
-        metavar="URL",
-        help="mysql://user:pw@host:port/db or sqlite:///path (overrides config.xml)",
-    )
-    p.add_argument(
-        *_boinc_option("variety"), default="cpu_time", help="message variety (default cpu_time)"
-    )
-    p.add_argument(
-        *_boinc_option("one_pass"), action="store_true", help="handle the queue once, then exit"
-    )
-    p.add_argument(
-        *_boinc_option("sleep"),
-        *_boinc_option("sleep_interval"),
-        dest="sleep",
-        type=_positive,
-        default=5.0,
-        metavar="SECONDS",
-        help="pause when the queue is empty (default 5)",
-    )
-    p.add_argument(
-        *_boinc_option("mod"),
-        nargs=2,
-        type=_non_negative_int,
-        metavar=("N", "I"),
-        help="handle only messages with hostid %% N == I",
-    )
-    p.add_argument(
-        "-d",
-        "--d",
-        dest="debug_level",
-        type=int,
-        default=NORMAL,
-        metavar="LEVEL",
-        help="log level: 1 critical, 2 warning, 3 normal, 4 debug (+ SQL)",
-    )
-    p.add_argument(
-        *_boinc_option("max_runtime"),
-        type=_positive,
-        default=DEFAULT_MAX_RUNTIME,
-        metavar="SECONDS",
-        help=f"most CPU seconds credited for one message (default {DEFAULT_MAX_RUNTIME:g})",
-    )
-    p.add_argument(
-        *_boinc_option("max_fpops"),
-        type=_positive,
-        default=DEFAULT_MAX_FPOPS,
-        metavar="FLOPS",
-        help=f"speed cap while too few hosts for percentiles (default {DEFAULT_MAX_FPOPS:g})",
-    )
-    p.add_argument(
-        *_boinc_option("report_grace"),
-        type=_non_negative_int,
-        default=DEFAULT_REPORT_GRACE,
-        metavar="SECONDS",
-        help="credit trickles stored this long after the result was reported (default 3600)",
-    )
-    p.add_argument(
-        *_boinc_option("batch_size"),
-        type=int,
-        default=DEFAULT_BATCH_SIZE,
-        metavar="N",
-        help=f"messages per transaction (default {DEFAULT_BATCH_SIZE})",
-    )
-    p.add_argument(
-        *_boinc_option("create_tables"),
-        action="store_true",
-        help="create our state tables (and BOINC's, when absent) if missing",
-    )
+    for spellings, keywords in OPTIONS:
+        p.add_argument(*spellings, **keywords)
     p.add_argument("-v", "--version", action="version", version=f"trickle_handler {__version__}")
     return p
 

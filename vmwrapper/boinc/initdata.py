@@ -203,12 +203,10 @@ def parse_init_data(data: bytes) -> InitData:
         )
     init = InitData()
     _fill(init, root, "")
-    host = root.find("host_info")
-    if host is not None:
-        _fill(init.host_info, host, "host_info/")
-    prefs = root.find("global_preferences")
-    if prefs is not None:
-        _fill(init.global_prefs, prefs, "global_preferences/")
+    for tag, block in (("host_info", init.host_info), ("global_preferences", init.global_prefs)):
+        element = root.find(tag)
+        if element is not None:
+            _fill(block, element, f"{tag}/")
     project_prefs = root.find("project_preferences")
     if project_prefs is not None:
         init.project_preferences = ET.tostring(project_prefs, encoding="unicode")
