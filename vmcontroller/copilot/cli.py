@@ -19,6 +19,7 @@ Operators::
 Pilots (in the guest; the wrapper starts this for a time slice)::
 
     copilot pilot --broker H:P --login vm-ID --passcode P --work-dir DIR [--slice S]
+    copilot pilot --config copilot.json --work-dir DIR   (settings from a file, see pilotconfig)
 
 Exit status: 0 success, 1 an error (message on stderr), 2 usage; ``wait``
 exits 0 only when the job is done, 3 when it failed or was cancelled.
@@ -107,16 +108,18 @@ def _parser() -> argparse.ArgumentParser:
     add_user.add_argument("name")
     add_user.add_argument("--store", required=True)
 
+    # Unset flags stay None: they come from --config, else pilotconfig.DEFAULTS.
     pilot = sub.add_parser("pilot", help="run the pilot loop (inside a guest)")
-    pilot.add_argument("--broker", type=_address, default=("127.0.0.1", 61613))
-    pilot.add_argument("--login", required=True, help="the VM's broker login, vm-<id>")
-    pilot.add_argument("--passcode", default=os.environ.get("COPILOT_PASSCODE", ""))
-    pilot.add_argument("--vhost", default="/")
+    pilot.add_argument("--config", help="JSON settings file (broker, login, passcode, slice...)")
+    pilot.add_argument("--broker", type=_address)
+    pilot.add_argument("--login", help="the VM's broker login, vm-<id>")
+    pilot.add_argument("--passcode", default=os.environ.get("COPILOT_PASSCODE"))
+    pilot.add_argument("--vhost")
     pilot.add_argument("--work-dir", required=True)
-    pilot.add_argument("--cores", type=int, default=os.cpu_count() or 1)
-    pilot.add_argument("--memory-mb", type=int, default=1024)
-    pilot.add_argument("--max-run-time", type=float, default=24 * 3600.0)
-    pilot.add_argument("--slice", type=float, default=None, help="seconds until the slice ends")
+    pilot.add_argument("--cores", type=int)
+    pilot.add_argument("--memory-mb", type=int)
+    pilot.add_argument("--max-run-time", type=float)
+    pilot.add_argument("--slice", type=float, help="seconds until the slice ends")
     pilot.add_argument("--exit-when-idle", type=float, default=None)
     pilot.add_argument("--request-timeout", type=float, default=10.0)
     return parser
@@ -313,13 +316,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _pilot(args: argparse.Namespace) -> int:
+    from vmcontroller.copilot.pilotconfig import PilotSettingsError, load_settings, merge_settings
     from vmcontroller.copilot.service import PilotConfig, run_pilot
 
+    flags = {key: getattr(args, key) for key in (
+        "broker", "vhost", "login", "passcode", "slice", "cores", "memory_mb", "max_run_time")}
+    try:
+        settings = merge_settings(flags, load_settings(args.config) if args.config else {})
+    except PilotSettingsError as error:
+        raise CliError(str(error)) from None
     config = PilotConfig(
-        broker=args.broker, login=args.login, passcode=args.passcode, vhost=args.vhost,
-        work_dir=args.work_dir, cores=args.cores, memory_mb=args.memory_mb,
-        max_run_time=args.max_run_time, slice_seconds=args.slice,
-        exit_when_idle=args.exit_when_idle, request_timeout=args.request_timeout,
+        broker=settings["broker"], login=settings["login"], passcode=settings["passcode"],
+        vhost=settings["vhost"], work_dir=args.work_dir, cores=settings["cores"],
+        memory_mb=settings["memory_mb"], max_run_time=settings["max_run_time"],
+        slice_seconds=settings["slice"], exit_when_idle=args.exit_when_idle,
+        request_timeout=args.request_timeout,
     )  # fmt: skip
     return run_pilot(config)
 

@@ -14,6 +14,12 @@ One loop, until the volunteer's time slice ends (``until``) or :meth:`Pilot.stop
 4. Upload the files matching the output patterns plus both logs, each with
    its sha256; then ``done`` until ``done_ack`` or ``rejected``.
 
+When the slice ends (or the reactor shuts down, e.g. on the SIGTERM the
+wrapper's agent sends when the BOINC task ends) while a job still runs, the
+job is *given back*: killed, nothing uploaded, and reported ``done`` with an
+error saying so, so the manager ends the lease and re-queues the job at once
+(an attempt used) instead of waiting for the lease to expire.
+
 For the wrapper: :attr:`Pilot.cpu_time` sums the user+system CPU seconds of
 every job run, for trickle credit; :meth:`Pilot.run` fires with a summary
 when the loop ends.  Only the standard library, Twisted and vmcontroller's
@@ -98,6 +104,8 @@ class Pilot:
         self._aborted: set[str] = set()
         self._command: RunningCommand | None = None
         self._command_lease: str | None = None
+        self._given_back: set[str] = set()
+        self._loop: defer.Deferred[dict[str, Any]] | None = None
         os.makedirs(self.work_dir, exist_ok=True)
         session.subscribe(to_guest(self.agent_id), self._on_frame)
 
@@ -150,12 +158,61 @@ class Pilot:
         """Finish the current job, then leave the loop."""
         self._stopping = True
 
+    def give_back(self) -> defer.Deferred[Any]:
+        """Leave the loop now: the running job (if any) is killed and handed back.
+
+        Fires when the loop has ended, i.e. after the manager answered the
+        ``done`` that gives the job back (or that answer timed out), so a
+        shutdown trigger returning this keeps the broker connection up until then.
+        """
+        self._stopping = True
+        if self._command is not None and self._command_lease is not None:
+            log.info("giving job {lease} back", lease=self._command_lease)
+            self._given_back.add(self._command_lease)
+            self._command.kill(signal.SIGKILL)
+        if self._loop is None or self._loop.called:
+            return defer.succeed(None)
+        finished: defer.Deferred[Any] = defer.Deferred()
+        self._loop.addBoth(lambda result: (finished.callback(None), result)[1])
+        return finished
+
+    def _slice_over(self) -> None:
+        if self._command is not None:
+            log.info("time slice over while a job runs")
+            self.give_back()
+
     def _remaining(self) -> float | None:
         return None if self.until is None else self.until - self.clock.seconds()
 
+    def run(self) -> defer.Deferred[dict[str, Any]]:
+        """The pilot loop; fires with ``{"jobs_run", "cpu_time"}`` when it ends.
+
+        With a real reactor, its shutdown gives the running job back first.
+        """
+        timers = []
+        if self.until is not None:
+            delay = max(0.0, self.until - self.clock.seconds())
+            timers.append(self.clock.callLater(delay, self._slice_over))
+        trigger = None
+        if hasattr(self.reactor, "addSystemEventTrigger"):
+            trigger = self.reactor.addSystemEventTrigger("before", "shutdown", self.give_back)
+        self._loop = self._run()
+
+        def over(result: Any) -> Any:
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+            if trigger is not None:
+                try:
+                    self.reactor.removeSystemEventTrigger(trigger)
+                except (ValueError, KeyError):
+                    pass  # the shutdown that fired it is under way
+            return result
+
+        return self._loop.addBoth(over)
+
     @defer.inlineCallbacks
-    def run(self) -> Any:
-        """The pilot loop; fires with ``{"jobs_run", "cpu_time"}`` when it ends."""
+    def _run(self) -> Any:
         yield self.session.when_connected()
         idle_since = self.clock.seconds()
         while not self._stopping:
@@ -199,7 +256,12 @@ class Pilot:
             result = yield self._execute(offer, job_dir)
             if lease_id in self._aborted:
                 raise _LeaseLost("aborted while running")
-            outputs = yield self._upload_outputs(offer, job_dir)
+            if lease_id in self._given_back:
+                result = dict(result, exit_code=None,
+                              error="given back by the pilot: its time slice ended")
+                outputs = {}
+            else:
+                outputs = yield self._upload_outputs(offer, job_dir)
         except _LeaseLost as error:
             log.warn("attempt at {job} dropped: {error}", job=job_id, error=error)
             return
@@ -216,6 +278,7 @@ class Pilot:
             if beat.running:
                 beat.stop()
             self._aborted.discard(lease_id)
+            self._given_back.discard(lease_id)
         yield self._report(job_id, lease_id, result, outputs)
         shutil.rmtree(job_dir, ignore_errors=True)
 
