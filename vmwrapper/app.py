@@ -136,6 +136,9 @@ async def _build_and_run(reactor: Any, runtime: BoincRuntime, cpu: CpuSource,
 
     init = runtime.init_data
     log(f"vmwrapper {__version__}: {init.result_name or 'standalone'} in {slot_dir}")
+    if init.app_name:
+        log(f"app version: {init.app_name} {init.app_version} "
+            f"{init.plan_class or '(no plan class)'}")
     job_path = find_job_file(slot_dir)
     try:
         loaded = load_job(job_path, args)

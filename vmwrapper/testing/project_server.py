@@ -160,6 +160,7 @@ class ProjectServer:
         rsc_fpops_bound: float = 1e18,
         report_immediately: bool = True,
         deadline_seconds: float = 7 * 86400,
+        plan_class: str = "",
     ) -> proto.Workunit:
         """Queue a work unit; the next scheduler reply sends it to the client.
 
@@ -168,6 +169,8 @@ class ProjectServer:
         The result is ``<name>_0``; its outputs are uploaded as
         ``<name>_0_<open name>``. ``rsc_fpops_bound`` is huge by default: on
         the anonymous platform the client's time limit is bound / 1e9 s.
+        ``plan_class`` names the app version's plan class (as BOINC's
+        scheduler does in ``<result>``); the client runs only a version with it.
         """
         if not name or any(c.isspace() or c in "<>&/" for c in name):
             raise ValueError(f"work unit name {name!r} must be non-empty, without spaces, <>&/")
@@ -187,6 +190,7 @@ class ProjectServer:
             rsc_fpops_bound=rsc_fpops_bound,
             report_deadline=int(self._state.clock() + deadline_seconds),
             report_immediately=report_immediately,
+            plan_class=plan_class,
         )
         with self._state.changed:
             if name in self._state.workunits:

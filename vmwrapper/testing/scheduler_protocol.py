@@ -120,6 +120,8 @@ class Workunit:
     rsc_disk_bound: float = 1e10
     report_deadline: int = 0
     report_immediately: bool = True
+    #: the app version's plan class the client must run the result with ("" = none)
+    plan_class: str = ""
 
     @property
     def result_name(self) -> str:
@@ -336,6 +338,8 @@ def _workunit_xml(wu: Workunit, download_url: str, upload_url: str) -> Iterable[
     yield f"    <wu_name>{escape(wu.name)}</wu_name>"
     yield f"    <report_deadline>{wu.report_deadline}</report_deadline>"
     yield f"    <version_num>{wu.version_num}</version_num>"
+    if wu.plan_class:
+        yield f"    <plan_class>{escape(wu.plan_class)}</plan_class>"
     if wu.report_immediately:
         yield "    <report_immediately/>"
     for out in wu.output_files:

@@ -52,14 +52,14 @@ def test_client_runs_the_executable_from_the_anonymous_platform_bundle(
     image.write_bytes(b"not a disk image\n" * 64)
     (tmp_path / "project").mkdir()
     result = deploy(DeployRequest(
-        # No plan class: the test server's <result> cannot name one (scheduler_protocol has no
-        # <plan_class>), and the client then looks for an app version without one.
-        version=AppVersionId.checked("cernvm", "1.02", "x86_64-pc-linux-gnu"),
+        # A plan class, as a VirtualBox app version has: the server's <result> names it and
+        # the client must pick the bundle's version with it.
+        version=AppVersionId.checked("cernvm", "1.02", "x86_64-pc-linux-gnu", "vbox64"),
         job=ROOT / "job.xml", image=image, executable=standalone_exe,
         project_dir=tmp_path / "project", anonymous_platform=tmp_path / "bundle"))
     install_bundle(result.bundle_dir, boinc_client, project_server)
     project_server.add_workunit("deploy1", app_name="cernvm", version_num=102,
-                                input_files={"in": b"b\na\nb\n"})
+                                input_files={"in": b"b\na\nb\n"}, plan_class="vbox64")
 
     boinc_client.start(attach=(project_server.url, AUTHENTICATOR))
     # after a task error the client defers its RPCs for minutes: wait_for_report asks at once
@@ -69,9 +69,12 @@ def test_client_runs_the_executable_from_the_anonymous_platform_bundle(
     assert re.search(r"Starting task deploy1_0", log), log[-3000:]
     stderr = reported.stderr_out
     assert "vmwrapper 0.1.0: deploy1_0 in " in stderr  # init_data.xml read: not standalone
+    # The client ran the bundle's vbox64 version (its files carry the plan class, asserted
+    # below), but 7.20.5 leaves <plan_class> out of init_data.xml (seen here).
+    assert "app version: cernvm 102 (no plan class)" in stderr
     assert "hypervisor: qemu" in stderr
     # the image was found through its logical name, in the client's project dir
-    assert "vm_image_1.02_x86_64-pc-linux-gnu.qcow2 is neither a known disk image" in stderr
+    assert "vm_image_1.02_x86_64-pc-linux-gnu__vbox64.qcow2 is neither a known disk image" in stderr
     assert reported.exit_status == 206
 
 
