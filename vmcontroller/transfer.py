@@ -308,6 +308,10 @@ class TransferSender:
     :param request_sync: asks the receiver for its offset (the owner sends a
         repeated ``put`` or a :class:`DataSync`); the answer must be routed to
         :meth:`on_ack`.
+    :param fd: the file already open for reading (the sender owns it from
+        now on); the agent opens it confined to its work directory, so a
+        symlink swapped in later cannot redirect the read.  ``path`` then
+        only names it in messages.
     :attr done: fires with a :class:`TransferResult` on :class:`TransferDone`,
         errbacks with :class:`TransferError`.
     """
@@ -324,6 +328,7 @@ class TransferSender:
         sync_after: float = DEFAULT_SYNC_AFTER,
         give_up_after: float = DEFAULT_GIVE_UP_AFTER,
         digest: Digest | None = None,
+        fd: int | None = None,
     ) -> None:
         if chunk_size < 1 or window < 1:
             raise ValueError(f"chunk_size ({chunk_size}) and window ({window}) must be >= 1")
@@ -334,7 +339,8 @@ class TransferSender:
         self._send = send
         self._request_sync = request_sync or self._send_data_sync
         self.done: defer.Deferred[TransferResult] = defer.Deferred()
-        self._fd = os.open(path, os.O_RDONLY)  # OSError propagates: the owner reports it
+        # OSError propagates: the owner reports it
+        self._fd = fd if fd is not None else os.open(path, os.O_RDONLY)
         self.size = os.fstat(self._fd).st_size
         self._hasher: Digest = digest or Sha256()
         self._hashed = 0  # bytes fed to the hasher, always a prefix of the file
@@ -484,6 +490,10 @@ class TransferReceiver:
     :param ack_every: chunks written before an ack goes out at once; fewer
         are acknowledged together at the end of the reactor turn
         (``clock.callLater(0)``).
+    :param dir_fd: descriptor of the target's directory (the receiver owns
+        it from now on): the temporary file is created, renamed onto the last
+        component of ``final_path`` and removed relative to it, never by a
+        path a swapped-in symlink could redirect (the agent's confinement).
     :attr done: fires with a :class:`TransferResult` once the file is in
         place; errbacks with :class:`TransferError`.
     """
@@ -501,6 +511,7 @@ class TransferReceiver:
         give_up_after: float = DEFAULT_GIVE_UP_AFTER,
         digest: Digest | None = None,
         ack_every: int = DEFAULT_ACK_EVERY,
+        dir_fd: int | None = None,
     ) -> None:
         if ack_every < 1:
             raise ValueError(f"ack_every must be >= 1 chunk, got {ack_every!r}")
@@ -511,7 +522,20 @@ class TransferReceiver:
         self._send = send
         self.done: defer.Deferred[TransferResult] = defer.Deferred()
         self._result: TransferResult | None = None
-        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode & 0o777)
+        self._dir_fd = dir_fd
+        if dir_fd is not None:  # names relative to it, never through a symlink
+            self._final_name = os.path.basename(final_path)
+            self._temp_name = os.path.basename(self.temp_path)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        else:
+            self._final_name, self._temp_name = final_path, self.temp_path
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            self._fd = os.open(self._temp_name, flags, mode & 0o777, dir_fd=dir_fd)
+        except OSError:
+            self._close_dir()
+            raise
+        self._temp_exists = True  # until renamed into place or removed
         self.offset = 0
         self._hasher: Digest = digest or Sha256()
         self._verifying = False  # DataEnd arrived, waiting for our hash
@@ -609,7 +633,11 @@ class TransferReceiver:
         try:
             os.close(self._fd)
             self._fd = -1
-            os.replace(self.temp_path, self.final_path)
+            os.replace(
+                self._temp_name, self._final_name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd
+            )
+            self._temp_exists = False
+            self._close_dir()
         except OSError as problem:
             self.fail(ErrorCode.IO_ERROR, f"cannot commit {self.final_path}: {problem.strerror}")
             return
@@ -660,7 +688,15 @@ class TransferReceiver:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        try:
-            os.unlink(self.temp_path)
-        except FileNotFoundError:
-            pass
+        if self._temp_exists:
+            self._temp_exists = False
+            try:
+                os.unlink(self._temp_name, dir_fd=self._dir_fd)
+            except FileNotFoundError:
+                pass
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None

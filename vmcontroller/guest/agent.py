@@ -45,7 +45,7 @@ from vmcontroller import __version__
 from vmcontroller.destinations import PRESENCE, to_guest, to_host
 from vmcontroller.guest.config import AgentConfig
 from vmcontroller.guest.output import OutputBatcher
-from vmcontroller.guest.paths import PathRefused, confine
+from vmcontroller.guest.paths import PathRefused, open_confined, open_confined_dir, resolve
 from vmcontroller.guest.process import CommandResult, RunningCommand
 from vmcontroller.protocol import (
     PROTOCOL_VERSION,
@@ -347,11 +347,19 @@ class Agent:
                 Error(seq, ErrorCode.TOO_LARGE, f"stdin exceeds {self.config.max_stdin} bytes")
             )
             return
+        cwd_fd = -1
         try:
-            cwd = confine(self.work_dir, message.cwd) if message.cwd else self.work_dir
+            if message.cwd:
+                cwd_fd = open_confined_dir(self.work_dir, message.cwd)
         except PathRefused as problem:
             self.reply(Error(seq, ErrorCode.PATH_REFUSED, str(problem)))
             return
+        except OSError as problem:
+            self.reply(Error(seq, ErrorCode.NOT_FOUND, f"cwd {message.cwd}: {problem.strerror}"))
+            return
+        # The child changes into the very directory we opened (the descriptor
+        # is still open in it until exec), not into a path re-resolved later.
+        cwd = f"/proc/self/fd/{cwd_fd}" if cwd_fd >= 0 else self.work_dir
         argv = message.argv if message.argv is not None else ["/bin/sh", "-c", message.shell]
         env = dict(os.environ)
         env.update(message.env or {})
@@ -382,6 +390,9 @@ class Agent:
                 Error(seq, ErrorCode.SPAWN_FAILED, f"cannot run {shlex.join(argv)}: {problem}")
             )
             return
+        finally:
+            if cwd_fd >= 0:
+                os.close(cwd_fd)
         self.commands[seq] = command
         log.info("run {seq}: {argv} (pid {pid})", seq=seq, argv=shlex.join(argv), pid=command.pid)
         command.finished.addCallback(self._command_finished, seq, batchers)
@@ -440,15 +451,16 @@ class Agent:
             )
             return
         try:
-            target = confine(self.work_dir, message.path, create_parents=True)
+            target = resolve(self.work_dir, message.path, create_parents=True)
             receiver = TransferReceiver(
                 tid,
-                target,
+                target.path,
                 self._send_transfer,
                 self.clock,
                 max_size=message.size,
                 mode=message.mode,
                 digest=digest_for(self.clock),
+                dir_fd=target.dir_fd,  # the receiver owns (and closes) it
             )
         except PathRefused as problem:
             self._refuse(tid, ErrorCode.PATH_REFUSED, str(problem))
@@ -467,15 +479,15 @@ class Agent:
             sender.on_ack(DataAck(tid, message.offset, sync=True))
             return
         try:
-            source = confine(self.work_dir, message.path)
             sender = TransferSender(
                 tid,
-                source,
+                message.path,
                 self._send_transfer,
                 None,
                 self.clock,
                 chunk_size=max(1024, min(message.chunk_size, 4 * 1024 * 1024)),
                 digest=digest_for(self.clock),
+                fd=open_confined(self.work_dir, message.path),
             )
         except PathRefused as problem:
             self._refuse(tid, ErrorCode.PATH_REFUSED, str(problem))

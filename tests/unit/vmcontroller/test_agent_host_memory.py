@@ -15,6 +15,8 @@ from twisted.internet.task import Clock
 
 from tests.unit.vmcontroller.memory import MemoryBroker
 from vmcontroller.destinations import to_guest, to_host
+from vmcontroller.guest import agent as agent_module
+from vmcontroller.guest import paths
 from vmcontroller.guest.agent import Agent
 from vmcontroller.guest.config import AgentConfig
 from vmcontroller.host.controller import HostController, VMLostError
@@ -371,3 +373,46 @@ def test_unconfirmed_replies_are_resent_and_duplicates_dropped(world):
     assert [m.index for m in resent if isinstance(m, Output)] == [1, 2, 1, 2]
     assert out == [b"first\n", b"second\n"] and result_of(adopted).code == 0
     assert world.agent._outbox_bytes == 0
+
+
+@pytest.mark.parametrize("direction", ["put", "get"])
+def test_a_symlink_swapped_in_after_the_check_does_not_move_a_transfer_outside(
+    world, tmp_path, monkeypatch, direction
+):
+    """The agent checks "d/f.bin" (d a directory in the work dir); d is then
+    replaced by a symlink to a directory outside.  The transfer still uses the
+    directory that was checked."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.bin").write_bytes(b"outside")
+    (world.work / "d").mkdir(parents=True)
+    digest = _file(world.local / "f.bin", 10_000)
+    if direction == "get":
+        (world.work / "d" / "f.bin").write_bytes((world.local / "f.bin").read_bytes())
+
+    def swap() -> None:
+        os.rename(world.work / "d", world.work / "d-real")
+        (world.work / "d").symlink_to(outside)
+
+    def after(function):
+        def wrapper(*args, **kwargs):
+            result = function(*args, **kwargs)
+            swap()
+            return result
+
+        return wrapper
+
+    if direction == "put":
+        monkeypatch.setattr(agent_module, "resolve", after(agent_module.resolve))
+        done = world.host.put_file(VM, str(world.local / "f.bin"), "d/f.bin")
+    else:
+        real_open_in = paths.open_in
+        monkeypatch.setattr(paths, "open_in", lambda *a: (swap(), real_open_in(*a))[1])
+        done = world.host.get_file(VM, "d/f.bin", str(world.local / "back.bin"))
+    world.settle()
+    assert result_of(done).sha256 == digest
+    assert (outside / "f.bin").read_bytes() == b"outside"
+    assert os.listdir(outside) == ["f.bin"]  # no temporary file either
+    assert hashlib.sha256((world.work / "d-real" / "f.bin").read_bytes()).hexdigest() == digest
+    if direction == "get":
+        assert (world.local / "back.bin").read_bytes() == (world.local / "f.bin").read_bytes()
