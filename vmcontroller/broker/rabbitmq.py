@@ -36,6 +36,10 @@ into another VM's queue through ``/amq/queue/...`` or
 ``user-id`` header, which RabbitMQ validates against the sender's login
 and the embedded broker stamps on every message (see the README).
 
+A retired VM (:func:`retire_vm`) loses its user and its two queues: nothing
+else is per VM (a VM login cannot subscribe to a topic, so it never owns a
+``stomp-subscription-…`` queue).
+
 The functions shell out to ``rabbitmqctl`` (run as root on the broker
 host); passwords go through stdin, never the command line.
 """
@@ -48,7 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmcontroller.broker.credentials import Credentials, Login
-from vmcontroller.destinations import NAMESPACE, Role, validate_vm_id
+from vmcontroller.destinations import NAMESPACE, Role, to_guest, to_host, validate_vm_id
 
 __all__ = [
     "Permissions",
@@ -57,6 +61,8 @@ __all__ = [
     "ensure_user",
     "permissions_for",
     "provision",
+    "retire_vm",
+    "vm_queues",
 ]
 
 _NS = re.escape(NAMESPACE)
@@ -111,12 +117,26 @@ def _ctl(args: Sequence[str], rabbitmqctl: str, stdin: str | None = None) -> str
     return done.stdout
 
 
-def ensure_user(login: Login, vhost: str = "/", rabbitmqctl: str = "rabbitmqctl") -> None:
-    """Create (or update) ``login`` as a RabbitMQ user with its role's permissions."""
-    perms = permissions_for(login.role, login.vm_id)
+def _users(rabbitmqctl: str) -> set[str]:
     users = _ctl(["list_users", "--quiet", "--no-table-headers"], rabbitmqctl)
-    exists = any(line.split("\t")[0] == login.login for line in users.splitlines())
-    if exists:
+    return {line.split("\t")[0] for line in users.splitlines()}
+
+
+def ensure_user(
+    login: Login,
+    vhost: str = "/",
+    rabbitmqctl: str = "rabbitmqctl",
+    existing: set[str] | None = None,
+) -> None:
+    """Create (or update) ``login`` as a RabbitMQ user with its role's permissions.
+
+    :param existing: the server's user names if the caller already listed
+        them (each rabbitmqctl run costs about a second on a busy server).
+    """
+    perms = permissions_for(login.role, login.vm_id)
+    if existing is None:
+        existing = _users(rabbitmqctl)
+    if login.login in existing:
         _ctl(["change_password", login.login], rabbitmqctl, stdin=login.passcode + "\n")
     else:
         _ctl(["add_user", login.login], rabbitmqctl, stdin=login.passcode + "\n")
@@ -140,8 +160,9 @@ def ensure_user(login: Login, vhost: str = "/", rabbitmqctl: str = "rabbitmqctl"
 
 def provision(credentials: Credentials, vhost: str = "/", rabbitmqctl: str = "rabbitmqctl") -> None:
     """Create every login of a credentials file as a RabbitMQ user."""
+    existing = _users(rabbitmqctl)
     for login in credentials.values():
-        ensure_user(login, vhost, rabbitmqctl)
+        ensure_user(login, vhost, rabbitmqctl, existing)
 
 
 def delete_user(name: str, rabbitmqctl: str = "rabbitmqctl") -> None:
@@ -151,3 +172,29 @@ def delete_user(name: str, rabbitmqctl: str = "rabbitmqctl") -> None:
     except RabbitMQError as error:
         if "no_such_user" not in str(error) and "does not exist" not in str(error):
             raise
+
+
+def vm_queues(vm_id: str) -> tuple[str, str]:
+    """The RabbitMQ queue names behind VM ``vm_id``'s two STOMP queues."""
+    return to_guest(vm_id).removeprefix("/queue/"), to_host(vm_id).removeprefix("/queue/")
+
+
+def retire_vm(login: Login, vhost: str = "/", rabbitmqctl: str = "rabbitmqctl") -> None:
+    """Delete a VM's user and then its queues, with any messages still in them.
+
+    Queues outlive their consumers, so without this every VM ever run would
+    leave two queues (and whatever the host sent it last) on the server.  The
+    user goes first, which closes the agent's connections, so the agent
+    cannot declare the queues again behind us; the host must have stopped
+    sending to the VM.  Absent users and queues are not errors (retiring
+    twice is harmless).
+    """
+    if login.role is not Role.VM or not login.vm_id:
+        raise ValueError(f"{login.login} is not a VM login")
+    delete_user(login.login, rabbitmqctl)
+    for queue in vm_queues(login.vm_id):
+        try:
+            _ctl(["delete_queue", "-p", vhost, queue], rabbitmqctl)
+        except RabbitMQError as error:
+            if "not found" not in str(error).lower():
+                raise
