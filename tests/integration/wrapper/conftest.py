@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pytest
@@ -140,12 +141,19 @@ class VMJob:
 
 @pytest.fixture
 def submit(wrapper_project, wrapper_client):
-    """``submit(name, job_xml, input)`` queues a work unit and makes the client fetch it."""
+    """``submit(name, job_xml, input)`` queues a work unit and makes the client fetch it.
+
+    *extra_inputs* are more input files (logical name -> content), e.g. the host
+    programs of ``<where>host</where>`` tasks. Tasks still running at teardown
+    are aborted so the shared client is free for the next test.
+    """
     jobs: list[VMJob] = []
 
-    def make(name: str, job_xml: str, data: bytes = b"hello\nworld\n", fetch: bool = True) -> VMJob:
+    def make(name: str, job_xml: str, data: bytes = b"hello\nworld\n", fetch: bool = True,
+             extra_inputs: Mapping[str, bytes] | None = None) -> VMJob:
+        inputs = {"in": data, "job.xml": job_xml.encode(), **(extra_inputs or {})}
         wrapper_project.add_workunit(name, app_name=APP_NAME, output_files=("out",),
-                                     input_files={"in": data, "job.xml": job_xml.encode()})
+                                     input_files=inputs)
         job = VMJob(wrapper_project, wrapper_client, name)
         jobs.append(job)
         if fetch:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.integration.wrapper.conftest import APP_NAME, VMJob
+from tests.integration.wrapper.conftest import VMJob
 from tests.integration.wrapper.test_wrapper_under_client import wait_reported, wait_until
 from vmwrapper.hypervisor import procinfo
 from vmwrapper.testing.scheduler_protocol import RESULT_STATE_FILES_UPLOADED
@@ -32,29 +32,15 @@ def host_task(script: str, arguments: str = "", extra: str = "") -> str:
 
 
 @pytest.fixture
-def submit_host(wrapper_project, wrapper_client):
+def submit_host(submit, wrapper_client):
     """``submit_host(name, job_xml)``: a work unit carrying the host_apps scripts as inputs."""
     wrapper_client.set_leave_apps_in_memory(True)
-    jobs: list[VMJob] = []
+    scripts = {path.name: path.read_bytes() for path in HOST_APPS.glob("*.sh")}
 
     def make(name: str, job_xml: str, data: bytes = b"b line\na line\n") -> VMJob:
-        inputs = {"in": data, "job.xml": job_xml.encode()}
-        inputs.update({path.name: path.read_bytes() for path in HOST_APPS.glob("*.sh")})
-        wrapper_project.add_workunit(name, app_name=APP_NAME, output_files=("out",),
-                                     input_files=inputs)
-        job = VMJob(wrapper_project, wrapper_client, name)
-        jobs.append(job)
-        wrapper_client.update_project(wrapper_project.url)
-        return job
+        return submit(name, job_xml, data, extra_inputs=scripts)
 
-    yield make
-    for job in jobs:
-        task = wrapper_client.task(job.result_name)
-        if task is not None and task.state not in ("uploaded", "aborted", "compute error"):
-            try:
-                wrapper_client.task_op(wrapper_project.url, job.result_name, "abort")
-            except Exception:  # noqa: BLE001 - cleanup only
-                pass
+    return make
 
 
 def alive(pid: int) -> bool:
