@@ -19,6 +19,7 @@ from vmwrapper.boinc import API_VERSION
 from vmwrapper.deploy.manifest import AppFile, app_info_xml, trickle_handler_daemon, version_xml
 from vmwrapper.deploy.spec import AppVersionId, DeployError
 from vmwrapper.progress_bar import copy_with_progress
+from vmwrapper.wrapper.driveroptions import PROBE_INITRD, PROBE_KERNEL
 
 if TYPE_CHECKING:
     from vmwrapper.job.model import JobDescription
@@ -29,6 +30,10 @@ JOB_LOGICAL_NAME = "job.xml"
 EXECUTABLE_LOGICAL_NAME = "vmwrapper"
 #: max_runtime for the daemon entry when the job sends no trickles (trickle_period 0).
 DEFAULT_MAX_RUNTIME = 3600.0
+#: The QEMU driver's KVM probe boot files, under the logical names the wrapper
+#: looks for in the slot (vmwrapper.wrapper.driveroptions); the appliance build
+#: writes them beside the image.
+PROBE_FILES = (PROBE_KERNEL, PROBE_INITRD)
 
 
 @dataclass(frozen=True)
@@ -42,20 +47,25 @@ class DeployRequest:
     project_dir: pathlib.Path
     compress: bool = False
     anonymous_platform: pathlib.Path | None = None
+    #: Where the KVM probe files are; None: beside the image, shipped when they are there.
+    probe_dir: pathlib.Path | None = None
 
 
 @dataclass(frozen=True)
 class DeployResult:
-    """What was written, and the config.xml entry to print."""
+    """What was written, the config.xml entry to print, and notes for the admin."""
 
     version_dir: pathlib.Path
     files: tuple[AppFile, ...]
     daemon_entry: str
     bundle_dir: pathlib.Path | None = None
+    notes: tuple[str, ...] = ()
 
 
-def plan_files(request: DeployRequest, image_logical_name: str) -> tuple[AppFile, ...]:
-    """The app version's files: executable (main program), job.xml, the sticky image."""
+def plan_files(request: DeployRequest, image_logical_name: str,
+               probe_names: tuple[str, ...] = ()) -> tuple[AppFile, ...]:
+    """The app version's files: executable (main program), job.xml, the sticky image,
+    then the KVM probe files named in *probe_names*."""
     v = request.version
     image_suffix = "".join(request.image.suffixes[-1:])
     image_stem = image_logical_name[: len(image_logical_name) - len(image_suffix)] \
@@ -66,7 +76,37 @@ def plan_files(request: DeployRequest, image_logical_name: str) -> tuple[AppFile
         AppFile(v.physical_name("job", ".xml"), JOB_LOGICAL_NAME),
         AppFile(v.physical_name(image_stem, image_suffix), image_logical_name,
                 sticky=True, gzip=request.compress),
+        *(AppFile(v.physical_name(name), name) for name in probe_names),
     )
+
+
+def _may_use_qemu(job: JobDescription) -> bool:
+    from vmwrapper.job.load import candidate_drivers  # noqa: PLC0415 - only deploy needs it
+
+    return "qemu" in candidate_drivers(job)
+
+
+def probe_sources(request: DeployRequest, job: JobDescription) -> dict[str, pathlib.Path]:
+    """The KVM probe files to ship, by logical name; {} when there are none to ship.
+
+    The deployed wrapper tries KVM only after booting these under it (some hosts
+    open /dev/kvm and then hang); without them it runs QEMU with TCG, which
+    works everywhere but slowly. Only a job that may run under QEMU needs them.
+
+    :raises DeployError: ``--probe-dir`` was given and lacks one of them.
+    """
+    if not _may_use_qemu(job):
+        return {}
+    directory = request.probe_dir or request.image.parent
+    found = {name: directory / name for name in PROBE_FILES}
+    missing = [name for name, path in found.items() if not path.is_file()]
+    if not missing:
+        return found
+    if request.probe_dir is not None:
+        raise DeployError(
+            f"--probe-dir {str(directory)!r} has no {' or '.join(missing)} (`vmwrapper appliance "
+            "build` writes both beside the image)")
+    return {}
 
 
 def _load_job(path: pathlib.Path) -> JobDescription:
@@ -156,9 +196,13 @@ def deploy(request: DeployRequest, api_version: str = API_VERSION) -> DeployResu
     bundle = request.anonymous_platform
     if bundle is not None:
         _check_free(bundle, "--anonymous-platform directory")
-    files = plan_files(request, job.image)
-    sources = {files[0].physical_name: request.executable, files[1].physical_name: request.job,
-               files[2].physical_name: request.image}
+    probes = probe_sources(request, job)
+    files = plan_files(request, job.image, tuple(probes))
+    sources = {f.physical_name: source for f, source in zip(
+        files, (request.executable, request.job, request.image, *probes.values()), strict=True)}
+    notes = () if probes or not _may_use_qemu(job) else (
+        f"no KVM probe files ({', '.join(PROBE_FILES)}) beside the image: hosts will run "
+        "this version under QEMU with TCG only (give --probe-dir to ship them)",)
 
     staged: list[tuple[pathlib.Path, pathlib.Path]] = []  # (temp dir, destination)
     placed: list[pathlib.Path] = []
@@ -195,4 +239,5 @@ def deploy(request: DeployRequest, api_version: str = API_VERSION) -> DeployResu
         if isinstance(exc, OSError):
             raise DeployError(f"could not write the app version: {exc}") from None
         raise
-    return DeployResult(version_dir, files, trickle_handler_daemon(max_runtime_for(job)), bundle)
+    return DeployResult(version_dir, files, trickle_handler_daemon(max_runtime_for(job)), bundle,
+                        notes)

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the BOINC project directory (default: the current directory)")
     p.add_argument("--anonymous-platform", type=pathlib.Path, metavar="OUTDIR",
                    help="also write an app_info.xml bundle to drop into a client's project dir")
+    p.add_argument("--probe-dir", type=pathlib.Path, metavar="DIR",
+                   help="where the appliance's probe-vmlinuz and probe-initrd are, shipped for "
+                        "QEMU's KVM probe (default: beside the image, when they are there)")
     return p
 
 
@@ -64,12 +67,14 @@ def main(argv: Sequence[str]) -> int:
         result = deploy(DeployRequest(
             version=version, job=args.job, image=args.image, executable=executable,
             project_dir=args.project_dir, compress=args.compress,
-            anonymous_platform=args.anonymous_platform,
+            anonymous_platform=args.anonymous_platform, probe_dir=args.probe_dir,
         ))
     except DeployError as exc:
         print(f"vmwrapper deploy: {exc}", file=sys.stderr)
         print("nothing was written", file=sys.stderr)
         return EXIT_REFUSED
+    for note in result.notes:
+        print(f"vmwrapper deploy: note: {note}", file=sys.stderr)
     print(f"wrote {result.version_dir}:")
     for f in result.files:
         role = "main program" if f.main_program else f"logical name {f.logical_name}"
