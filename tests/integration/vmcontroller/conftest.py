@@ -1,9 +1,9 @@
 """Real brokers, real agent processes, and a host controller driven from tests.
 
 * Brokers: the embedded one (``vmcontroller broker`` in a child process, on
-  a port of its own) and RabbitMQ's STOMP plugin on 127.0.0.1:61613 with
-  per-VM users made by rabbitmqctl.  Tests take the ``broker`` fixture and
-  run once per broker.
+  a port of its own) and RabbitMQ's STOMP plugin on 127.0.0.1:61613 in a
+  private vhost with per-VM users (:mod:`tests.integration.rabbitmq`).
+  Tests take the ``broker`` fixture and run once per broker.
 * Agents: ``python -m vmcontroller.guest --config FILE`` child processes,
   one per test, each with its own VM id and work directory.
 * The host controller runs in this process on a *private* reactor (not the
@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,14 +33,12 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.epollreactor import EPollReactor
 
+from tests.integration.rabbitmq import each_broker, rabbit_session  # noqa: F401 (fixture)
 from vmcontroller.broker.credentials import generate_credentials, load_credentials
-from vmcontroller.broker.rabbitmq import permissions_for
-from vmcontroller.destinations import Role
 from vmcontroller.host.controller import HostController
 from vmcontroller.stomp.client import StompConfig, StompSession
 
 ROOT = Path(__file__).resolve().parents[3]
-RABBIT_STOMP = ("127.0.0.1", 61613)
 
 
 class HostReactor:
@@ -151,89 +147,6 @@ class EmbeddedBroker:
         self.stop()
 
 
-def _rabbitmqctl(*args: str) -> str:
-    return subprocess.run(
-        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-
-
-class RabbitBroker:
-    """RabbitMQ's STOMP plugin with a host user and a pool of per-VM users.
-
-    Users are created with one ``rabbitmqctl eval`` and removed, with the
-    queues they used, by two more: each
-    rabbitmqctl run costs ~0.3 s, so one call per user would dominate.
-    """
-
-    kind = "rabbitmq"
-    vhost = "/"
-
-    def __init__(self, pool: int = 24) -> None:
-        self.address = RABBIT_STOMP
-        self.prefix = f"e-{uuid.uuid4().hex[:6]}"
-        self.host_user = (f"{self.prefix}-host", uuid.uuid4().hex)
-        self.vms = [
-            (f"{self.prefix}-{n}", f"{self.prefix}-{n}-agent", uuid.uuid4().hex)
-            for n in range(pool)
-        ]
-        self._free = list(self.vms)
-        users = [self.host_user] + [(user, password) for _, user, password in self.vms]
-        # The deployment's permission regexes (vmcontroller.broker.rabbitmq), so
-        # these tests prove the agent and host need nothing more.
-        permissions = [(self.host_user[0], permissions_for(Role.HOST))]
-        permissions += [(user, permissions_for(Role.VM, vm_id)) for vm_id, user, _ in self.vms]
-
-        def erl(text: str) -> str:
-            return '<<"' + text.replace("\\", "\\\\") + '">>'
-
-        calls = [
-            f'rabbit_auth_backend_internal:add_user({erl(u)}, {erl(p)}, <<"test">>)'
-            for u, p in users
-        ]
-        for user, perms in permissions:
-            calls.append(
-                f'rabbit_auth_backend_internal:set_permissions({erl(user)}, <<"/">>, '
-                f'{erl(perms.configure)}, {erl(perms.write)}, {erl(perms.read)}, <<"test">>)'
-            )
-            calls.append(
-                f'rabbit_auth_backend_internal:set_topic_permissions({erl(user)}, <<"/">>, '
-                f'<<"amq.topic">>, {erl(perms.topic_write)}, {erl(perms.topic_read)}, '
-                '<<"test">>)'
-            )
-        _rabbitmqctl("eval", "[" + ", ".join(calls) + "].")
-
-    def host_login(self) -> tuple[str, str]:
-        return self.host_user
-
-    def new_vm(self) -> tuple[str, str, str]:
-        return self._free.pop(0)
-
-    def cleanup(self) -> None:
-        prefix = f"vmc.{self.prefix}-".encode()
-        _rabbitmqctl(
-            "eval",
-            '[rabbit_amqqueue:delete(Q, false, false, <<"test-cleanup">>) '
-            '|| Q <- rabbit_amqqueue:list(<<"/">>), '
-            f'binary:match(element(4, amqqueue:get_name(Q)), <<"{prefix.decode()}">>) '
-            f"=:= {{0,{len(prefix)}}}].",
-        )
-        names = ", ".join(f'<<"{u}">>' for u in [self.host_user[0]] + [v[1] for v in self.vms])
-        _rabbitmqctl(
-            "eval",
-            f'[rabbit_auth_backend_internal:delete_user(U, <<"test-cleanup">>) || U <- [{names}]].',
-        )
-
-
-def _rabbit_available() -> str | None:
-    if shutil.which("rabbitmqctl") is None:
-        return "rabbitmqctl is not installed (scripts/bootstrap.sh installs RabbitMQ)"
-    try:
-        socket.create_connection(RABBIT_STOMP, timeout=2).close()
-    except OSError as error:
-        return f"RabbitMQ STOMP is not listening on 127.0.0.1:61613 ({error})"
-    return None
-
-
 @pytest.fixture(scope="session")
 def host_reactor():
     hr = HostReactor()
@@ -249,19 +162,8 @@ def embedded_broker(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_broker(tmp_path_factory):
-    reason = _rabbit_available()
-    if reason:
-        pytest.skip(reason)
-    broker = RabbitBroker()
-    yield broker
-    broker.cleanup()
-
-
-@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
-def broker(request):
-    """Each test using this runs against both brokers."""
-    return request.getfixturevalue(f"{request.param}_broker")
+def rabbitmq_broker():
+    yield from rabbit_session(24, "e")
 
 
 class AgentProcess:
