@@ -2,9 +2,8 @@
 
 * Brokers (session-wide): the embedded one (``vmcontroller broker`` as a
   child process) and RabbitMQ's STOMP plugin on 127.0.0.1:61613 with a
-  private vhost and per-VM users made by
-  :func:`vmcontroller.broker.rabbitmq.ensure_user`, so other engineers'
-  traffic on the shared RabbitMQ never meets ours.
+  private vhost and per-VM users (:mod:`tests.integration.rabbitmq`), so
+  other engineers' traffic on the shared RabbitMQ never meets ours.
 * ``copilot serve`` and ``copilot pilot`` run as child processes; every
   process started here is stopped by a finalizer, even when a test fails.
   Jobs that a test orphans on purpose (by killing their pilot) write their
@@ -14,31 +13,27 @@
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vmcontroller.broker.credentials import Login, generate_credentials, load_credentials
+from tests.integration.rabbitmq import each_broker, rabbit_session  # noqa: F401 (fixture)
+from vmcontroller.broker.credentials import generate_credentials, load_credentials
 from vmcontroller.copilot.client import CopilotClient
 from vmcontroller.copilot.store import open_store
-from vmcontroller.destinations import Role
 
 ROOT = Path(__file__).resolve().parents[3]
 PYTHON = sys.executable
 AGENTS = 6
-#: RabbitMQ users cost seconds each to make: only as many as the RabbitMQ tests use.
-RABBIT_AGENTS = 3
+#: Pilots of the full-scale test (RabbitMQ only).
+SCALE_AGENTS = 20
 
 
 def stop_process(process: subprocess.Popen, grace: float = 5.0) -> None:
@@ -66,14 +61,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached within {timeout} s")
         time.sleep(0.1)
-
-
-def _port_open(address: tuple[str, int]) -> bool:
-    try:
-        socket.create_connection(address, timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _drop_mariadb(name: str) -> None:
@@ -135,42 +122,6 @@ class EmbeddedBrokerProcess:
         stop_process(self.process)
 
 
-class RabbitBroker:
-    kind = "rabbitmq"
-    port = 61613
-
-    def __init__(self) -> None:
-        from vmcontroller.broker.rabbitmq import ensure_user
-
-        tag = secrets.token_hex(3)
-        self.vhost = f"copilot_test_{tag}"
-        subprocess.run(["rabbitmqctl", "-q", "add_vhost", self.vhost], check=True,
-                       capture_output=True, timeout=60)  # fmt: skip
-        self.logins = [Login(f"host-copilot-{tag}", secrets.token_urlsafe(16), Role.HOST)]
-        self.logins += [
-            Login(f"vm-cpr{n}{tag}", secrets.token_urlsafe(16), Role.VM, f"cpr{n}{tag}")
-            for n in range(RABBIT_AGENTS)
-        ]
-        # rabbitmqctl starts an Erlang VM per call (~0.6 s): make the users side by side.
-        with ThreadPoolExecutor(len(self.logins)) as pool:
-            list(pool.map(lambda login: ensure_user(login, vhost=self.vhost), self.logins))
-
-    def host_login(self) -> tuple[str, str]:
-        return self.logins[0].login, self.logins[0].passcode
-
-    def vm_login(self, index: int) -> tuple[str, str]:
-        login = self.logins[1 + index % RABBIT_AGENTS]
-        return login.login, login.passcode
-
-    def close(self) -> None:
-        from vmcontroller.broker.rabbitmq import delete_user
-
-        with ThreadPoolExecutor(len(self.logins)) as pool:
-            list(pool.map(lambda login: delete_user(login.login), self.logins))
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.vhost],
-                       capture_output=True, timeout=60)  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def embedded_broker(tmp_path_factory):
     broker = EmbeddedBrokerProcess(tmp_path_factory.mktemp("copilot-broker"))
@@ -180,18 +131,8 @@ def embedded_broker(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def rabbitmq_broker():
-    if shutil.which("rabbitmqctl") is None or not _port_open(("127.0.0.1", 61613)):
-        pytest.skip("RabbitMQ with the STOMP plugin is not running on 127.0.0.1:61613 "
-                    "(scripts/bootstrap.sh --services starts it)")
-    broker = RabbitBroker()
-    yield broker
-    broker.close()
-
-
-@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
-def broker(request):
-    """Each test taking this fixture runs once per broker."""
-    return request.getfixturevalue(f"{request.param}_broker")
+    """VM logins 0-3 serve the small tests, 4 to 4 + SCALE_AGENTS - 1 the scale test."""
+    yield from rabbit_session(4 + SCALE_AGENTS, "cp")
 
 
 class Deployment:
@@ -266,6 +207,15 @@ class Deployment:
         )
 
     def close(self) -> None:
+        # Pilots first (the manager answers their goodbyes), all at once: one by
+        # one, 20 pilots each finishing their goodbye would take a minute.
+        pilots = [p for p in self.processes if p is not self.manager and p.poll() is None]
+        for process in pilots:
+            try:
+                os.kill(process.pid, signal.SIGCONT)
+                process.terminate()
+            except ProcessLookupError:
+                pass
         for process in reversed(self.processes):
             stop_process(process)
         for pid_file in self.shared.glob("*.pid"):  # jobs orphaned on purpose

@@ -61,7 +61,7 @@ def test_two_agents_never_run_the_same_job(broker, deployment_factory):
         user = ("alice", "bob", "carol")[n % 3]
         job = d.client(user).submit({"shell": script, "outputs": ["id.out"], "retries": 0}, {})
         owners[job["id"]] = user
-    for index in range(4 if broker.kind == "embedded" else 3):
+    for index in range(4):
         d.start_pilot(index, "--exit-when-idle", "20")
     def final(job_id: str, user: str) -> bool:
         return d.client(user).job(job_id)["state"] in ("done", "failed")
