@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--retry-after", type=float, default=2.0,
                        help="seconds an idle pilot waits before asking again")
     serve.add_argument("--max-output-bytes", type=int, default=256 * 1024 * 1024)
+    serve.add_argument("--store-thread", choices=["auto", "on", "off"], default="auto",
+                       help="store calls in a worker thread (auto: for MariaDB/PostgreSQL)")
 
     add_user = sub.add_parser("add-user", help="create a user (or renew its token)")
     add_user.add_argument("name")
@@ -310,7 +312,7 @@ def _serve(args: argparse.Namespace) -> int:
         vhost=args.vhost, offer_ttl=args.offer_ttl, lease_ttl=args.lease_ttl,
         heartbeat_interval=args.heartbeat_interval, sweep_interval=args.sweep_interval,
         retry_after=args.retry_after,
-        max_output_bytes=args.max_output_bytes,
+        max_output_bytes=args.max_output_bytes, store_thread=args.store_thread,
     )  # fmt: skip
     return serve(config)
 

@@ -18,7 +18,9 @@ Errors are JSON ``{"error": code, "message": text}`` with a fitting status.
 Someone else's job is answered 404 exactly like a missing one.  Twisted
 buffers a request body before we see it (to a temporary file beyond 100 KB),
 so the size limits are checked on the declared Content-Length first and
-again while the bytes are copied.
+again while the bytes are copied.  A request is handled through
+``manager.executor`` (the store may block: see :mod:`.executor`) and its
+answer written from the reactor thread.
 """
 
 # -*- test-case-name: tests.integration.copilot.test_copilot -*-
@@ -30,8 +32,10 @@ import binascii
 import json
 from typing import Any
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import File
 
 from vmcontroller.copilot.lease import JobRecord, LeaseRejected
@@ -40,6 +44,8 @@ from vmcontroller.copilot.spec import JobSpec, SpecError
 from vmcontroller.copilot.storage import StorageError
 
 __all__ = ["CopilotResource", "job_view"]
+
+log = Logger()
 
 #: Largest submit request (job plus base64 inputs).
 MAX_SUBMIT_BYTES = 64 * 1024 * 1024
@@ -89,28 +95,49 @@ class CopilotResource(Resource):
         super().__init__()
         self.manager = manager
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> Any:
         path = [part.decode("utf-8", "replace") for part in request.postpath]
         method = request.method.decode("ascii", "replace")
+        gone: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: gone.append(True))
+        done = self.manager.executor.call(self._handle, request, method, path)
+        done.addErrback(self._unexpected, method, path)
+        done.addCallback(lambda outcome: gone or self._reply(request, *outcome))
+        return NOT_DONE_YET
+
+    def _handle(self, request: Request, method: str, path: list[str]) -> tuple[int, Any]:
+        """(In the executor.)  The status and body answering ``request``."""
         try:
-            status, body = self._route(request, method, path)
+            return self._route(request, method, path)
         except _HttpError as error:
-            status, body = error.status, {"error": error.code, "message": error.message}
+            return error.status, {"error": error.code, "message": error.message}
         except NotFound as error:
-            status, body = 404, {"error": "not_found", "message": str(error)}
+            return 404, {"error": "not_found", "message": str(error)}
         except LeaseRejected as error:
-            status, body = 409, {"error": "lease_rejected", "message": str(error)}
+            return 409, {"error": "lease_rejected", "message": str(error)}
         except SpecError as error:
-            status, body = 400, {"error": "bad_job", "message": str(error)}
+            return 400, {"error": "bad_job", "message": str(error)}
         except StorageError as error:
             codes = {"too_large": 413, "not_found": 404}
-            status = codes.get(error.code, 400)
-            body = {"error": error.code, "message": error.message}
+            return codes.get(error.code, 400), {"error": error.code, "message": error.message}
+
+    @staticmethod
+    def _unexpected(failure: Failure, method: str, path: list[str]) -> tuple[int, Any]:
+        log.failure("{method} /{path} failed", failure, method=method, path="/".join(path))
+        return 500, {"error": "internal", "message": "the server failed; see its log"}
+
+    @staticmethod
+    def _reply(request: Request, status: int, body: Any) -> None:
         request.setResponseCode(status)
         if isinstance(body, _FileBody):
-            return File(str(body), defaultType="application/octet-stream").render_GET(request)
+            written = File(str(body), defaultType="application/octet-stream").render_GET(request)
+            if written is not NOT_DONE_YET:  # an error page or a HEAD: File left it to us
+                request.write(written)
+                request.finish()
+            return
         request.setHeader("content-type", "application/json")
-        return json.dumps(body).encode("utf-8")
+        request.write(json.dumps(body).encode("utf-8"))
+        request.finish()
 
     # --- routing ---------------------------------------------------------------------
 

@@ -7,6 +7,11 @@ the rule with the current time, and writes the result back with a
 compare-and-set (retrying when another writer won the race).  An expiry
 sweep runs every ``sweep_interval`` seconds on the injected clock.
 
+The methods block on the store.  Callers in the reactor run them through
+``manager.executor`` (:mod:`.executor`): inline for SQLite, in one worker
+thread for MariaDB/PostgreSQL; the hooks below are then called back in the
+reactor thread.
+
 A user only ever sees their own jobs: asking for someone else's job gets
 the same :class:`NotFound` as asking for one that does not exist.
 """
@@ -20,11 +25,13 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from vmcontroller.copilot import lease
+from vmcontroller.copilot.executor import Executor, InlineExecutor
 from vmcontroller.copilot.lease import Event, JobRecord, LeaseRejected, LeaseTimes
 from vmcontroller.copilot.spec import Capabilities, JobSpec, JobState, SpecError
 from vmcontroller.copilot.storage import JobStorage, StorageError
@@ -46,7 +53,8 @@ class JobManager:
 
     Hooks for the dispatcher: ``on_lease_lost(job_before, job_after)`` when
     the sweep takes a lease away (to tell the pilot), ``on_work_available()``
-    when a job can be offered (to serve waiting pilots at once).
+    when a job can be offered (to serve waiting pilots at once); both run in
+    the reactor thread.
     """
 
     def __init__(
@@ -56,8 +64,10 @@ class JobManager:
         clock: IReactorTime,
         times: LeaseTimes | None = None,
         sweep_interval: float = 1.0,
+        executor: Executor | None = None,
     ) -> None:
         self.store = store
+        self.executor: Executor = executor or InlineExecutor()
         self.storage = storage
         self.clock = clock
         self.times = times or LeaseTimes()
@@ -65,7 +75,7 @@ class JobManager:
         self.on_lease_lost: Callable[[JobRecord, JobRecord], None] | None = None
         #: Called when a job became dispatchable (submitted, or queued again).
         self.on_work_available: Callable[[], None] | None = None
-        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper = LoopingCall(self._sweep_tick)
         self._sweeper.clock = clock
 
     # --- life --------------------------------------------------------------------
@@ -78,6 +88,12 @@ class JobManager:
     def stop(self) -> None:
         if self._sweeper.running:
             self._sweeper.stop()
+
+    def _sweep_tick(self) -> Deferred:
+        """One sweep through the executor; a failure is logged, never ends the sweeps."""
+        done = self.executor.call(self.sweep)
+        done.addErrback(lambda failure: log.failure("expiry sweep failed", failure))
+        return done
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -119,7 +135,7 @@ class JobManager:
 
     def _work_available(self) -> None:
         if self.on_work_available is not None:
-            self.on_work_available()
+            self.executor.to_reactor(self.on_work_available)
 
     def job_for(self, owner: str, job_id: str) -> JobRecord:
         job = self.store.get(job_id)
@@ -261,7 +277,7 @@ class JobManager:
                 self.storage.discard(job.id, before.lease_id)
             log.info("job {job}: {state} after lease expiry", job=job.id, state=after.state)
             if self.on_lease_lost is not None and before.lease_accepted:
-                self.on_lease_lost(before, after)
+                self.executor.to_reactor(self.on_lease_lost, before, after)
         if count:
             self._work_available()
         return count

@@ -40,6 +40,8 @@ class ServiceConfig:
     sweep_interval: float = 1.0
     retry_after: float = 2.0
     max_output_bytes: int = 256 * 1024 * 1024
+    #: Store calls in a worker thread: ``auto`` (MariaDB/PostgreSQL), ``on``, ``off``.
+    store_thread: str = "auto"
 
 
 def serve(config: ServiceConfig) -> int:
@@ -48,6 +50,7 @@ def serve(config: ServiceConfig) -> int:
     from twisted.web.server import Site
 
     from vmcontroller.copilot.dispatch import Dispatcher
+    from vmcontroller.copilot.executor import executor_for
     from vmcontroller.copilot.http_api import CopilotResource
     from vmcontroller.copilot.lease import LeaseTimes
     from vmcontroller.copilot.manager import JobManager
@@ -65,7 +68,10 @@ def serve(config: ServiceConfig) -> int:
         return 1
     storage = JobStorage(config.storage_dir, max_file_bytes=config.max_output_bytes)
     times = LeaseTimes(offer_ttl=config.offer_ttl, lease_ttl=config.lease_ttl)
-    manager = JobManager(store, storage, reactor, times, config.sweep_interval)
+    executor = executor_for(store.blocking, reactor, config.store_thread)
+    print(f"copilot: store calls {'in a worker thread' if executor.threaded else 'inline'}",
+          file=sys.stderr, flush=True)
+    manager = JobManager(store, storage, reactor, times, config.sweep_interval, executor)
     port = reactor.listenTCP(config.http[1], Site(CopilotResource(manager)), interface=config.http[0])
     address = port.getHost()
     url = config.public_url or f"http://{address.host}:{address.port}"
@@ -84,6 +90,7 @@ def serve(config: ServiceConfig) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", manager.stop)
     reactor.addSystemEventTrigger("before", "shutdown", session.stop)
     reactor.run()
+    executor.stop()  # the store work in hand ends before its connection closes
     store.close()
     return 0
 

@@ -12,8 +12,9 @@ manager processes (or a manager racing its own expiry sweep) can never
 both hand out or complete the same attempt.  Tokens are kept as sha256
 digests, never in clear.
 
-Calls block; the manager makes them from its reactor thread, which is fine
-for a local database (a few hundred microseconds each).
+Calls block.  :attr:`Store.blocking` says whether they wait on a network
+database (MariaDB, PostgreSQL: the manager then makes them from a worker
+thread, see :mod:`.executor`) or on a local file (SQLite: inline).
 """
 
 # -*- test-case-name: tests.unit.copilot.test_store -*-
@@ -85,12 +86,17 @@ def _digest(token: str) -> str:
 class Store:
     """Jobs, their history and the users' tokens in one SQL database.
 
-    :param connection: a DB-API connection (autocommit off).
+    :param connection: a DB-API connection (autocommit off), used by one
+        thread at a time.
     :param paramstyle: ``qmark`` (sqlite3) or ``format`` (PyMySQL).
+    :param blocking: calls wait on a database server (see :mod:`.executor`).
     """
 
-    def __init__(self, connection: Any, paramstyle: str, schema: list[str]) -> None:
+    def __init__(
+        self, connection: Any, paramstyle: str, schema: list[str], blocking: bool = False
+    ) -> None:
         self.connection = connection
+        self.blocking = blocking
         self._format = paramstyle == "format"
         self._specs: dict[str, JobSpec] = {}
         with self._transaction() as cursor:
@@ -285,7 +291,9 @@ def open_store(url: str) -> Store:
         if parsed.netloc:
             raise StoreError(f"store URL {url!r}: use sqlite:///ABSOLUTE/PATH (three slashes)")
         try:
-            connection = sqlite3.connect(path, isolation_level="DEFERRED")
+            # check_same_thread off: with --store-thread on, the worker thread uses
+            # the connection opened here (never two threads at once).
+            connection = sqlite3.connect(path, isolation_level="DEFERRED", check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=5000")
@@ -313,7 +321,10 @@ def open_store(url: str) -> Store:
             connection.commit()
         except pymysql.MySQLError as error:
             raise StoreError(f"cannot open MariaDB store {url}: {error}") from None
-        return Store(connection, "format", _schema("BIGINT AUTO_INCREMENT PRIMARY KEY", "MEDIUMTEXT"))
+        return Store(
+            connection, "format", _schema("BIGINT AUTO_INCREMENT PRIMARY KEY", "MEDIUMTEXT"),
+            blocking=True,
+        )
     if parsed.scheme in ("postgresql", "postgres"):
         return _open_postgresql(url, parsed)
     raise StoreError(
@@ -345,5 +356,6 @@ def _open_postgresql(url: str, parsed: urllib.parse.SplitResult) -> Store:
     except psycopg.Error as error:
         raise StoreError(f"cannot open PostgreSQL store {url}: {error}") from None
     return Store(
-        connection, "format", _schema("BIGSERIAL PRIMARY KEY", "TEXT", "DOUBLE PRECISION")
+        connection, "format", _schema("BIGSERIAL PRIMARY KEY", "TEXT", "DOUBLE PRECISION"),
+        blocking=True,
     )
