@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 
 __all__ = ["Confined", "PathRefused", "confine", "open_confined", "open_confined_dir", "resolve"]
@@ -234,11 +235,17 @@ class _Walker:
             except OSError as error:
                 if error.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
-                if self._readlink(name) is None:
-                    raise
-                raise self.refuse(
-                    f"component {name!r} became a symlink while it was opened"
-                ) from None
+                try:
+                    mode = os.stat(name, dir_fd=self.fds[-1], follow_symlinks=False).st_mode
+                except FileNotFoundError:
+                    continue  # gone meanwhile: look again
+                if stat.S_ISLNK(mode):
+                    raise self.refuse(
+                        f"component {name!r} became a symlink while it was opened"
+                    ) from None
+                if stat.S_ISDIR(mode):
+                    continue  # a directory again meanwhile: open it again
+                raise
             self.fds.append(fd)
             self.names.append(name)
             return
