@@ -10,28 +10,22 @@ with checksums, stops at the end of its slice; the task succeeds with the
 pilot's summary as its output, and ``trickle_handler --one_pass`` credits the
 VM's CPU-time trickles, which cover the CPU the jobs burnt in the guest.
 
-The Co-Pilot processes are started here (not with tests/integration/copilot's
-fixtures, which are being reworked): every one is stopped by the fixture.
+The Co-Pilot processes are :class:`tests.integration.copilot_server.CopilotServer`'s;
+every one is stopped by the fixture.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-import socket
-import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.integration.copilot_server import CopilotServer
 from tests.integration.wrapper.conftest import APP_NAME, VMJob
-from vmcontroller.broker.credentials import generate_credentials, load_credentials
-from vmcontroller.copilot.client import CopilotClient
-from vmcontroller.copilot.store import open_store
 from vmwrapper.testing.chain import (
     claimed_cpu_time,
     cpu_time_trickles,
@@ -75,73 +69,9 @@ JOB_XML = f"""<vm_job>
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-class CopilotServer:
-    """``vmcontroller broker`` + ``copilot serve`` on loopback; the guest sees them at 10.0.2.2."""
-
-    def __init__(self, workdir) -> None:
-        self.workdir = workdir
-        self.pilot_id = f"pvm{uuid.uuid4().hex[:8]}"
-        credentials_path = workdir / "credentials.json"
-        generate_credentials([self.pilot_id], credentials_path)
-        credentials = load_credentials(credentials_path)
-        self.host, self.vm = credentials.host_login(), credentials.vm_login(self.pilot_id)
-        self.processes: list[subprocess.Popen] = []
-        broker = self._start([sys.executable, "-m", "vmcontroller.cli", "broker", "--listen",
-                              "127.0.0.1:0", "--credentials", str(credentials_path)], "broker")
-        line = broker.stdout.readline()
-        assert line.startswith("listening on "), line
-        self.broker_port = int(line.rsplit(":", 1)[1])
-        store_url = f"sqlite:///{workdir}/jobs.db"
-        store = open_store(store_url)
-        self.token = store.add_user("alice")
-        store.close()
-        http_port = free_port()
-        manager = self._start([
-            sys.executable, "-m", "vmcontroller.copilot", "serve", "--store", store_url,
-            "--storage", str(workdir / "storage"), "--http", f"127.0.0.1:{http_port}",
-            "--public-url", f"http://10.0.2.2:{http_port}",
-            "--broker", f"127.0.0.1:{self.broker_port}", "--login", self.host.login,
-            "--passcode", self.host.passcode, "--heartbeat-interval", "2", "--lease-ttl", "10",
-            "--retry-after", "2"], "manager")
-        line = manager.stdout.readline()
-        assert line.startswith("http "), f"copilot serve did not start: {line!r}"
-        self.client = CopilotClient(f"http://127.0.0.1:{http_port}", self.token)
-
-    def _start(self, argv: list[str], name: str) -> subprocess.Popen:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                                   stderr=open(self.workdir / f"{name}.log", "ab"))
-        self.processes.append(process)
-        return process
-
-    def pilot_settings(self) -> bytes:
-        """The work unit's ``copilot.json``: the pilot's own login, as the guest reaches it."""
-        return json.dumps({"broker": f"10.0.2.2:{self.broker_port}", "vhost": "/",
-                           "login": self.vm.login, "passcode": self.vm.passcode}).encode()
-
-    def close(self) -> None:
-        for process in reversed(self.processes):
-            stop(process)
-
-
 @pytest.fixture
 def copilot_server(tmp_path):
-    server = CopilotServer(tmp_path)
+    server = CopilotServer(tmp_path, public_host="10.0.2.2")
     yield server
     server.close()
 
