@@ -20,13 +20,18 @@ Liveness: a VM that has not been heard from for ``missed_heartbeats + 0.5``
 of its heartbeat intervals is declared lost (``on_lost`` listeners are
 called), so loss is reported within ``missed_heartbeats + 1`` intervals of the
 last sign of life.  While the host itself is disconnected, nobody is declared
-lost.
+lost.  One timer per controller checks every VM: a message only notes the
+time (a Twisted timer moved later still wakes the reactor at its old time),
+the timer fires at the earliest deadline rounded up to a grid (a whole second
+for 10 s heartbeats), the same grid the STOMP client's heart-beat timer uses,
+so an idle host wakes for both at once.
 """
 
 # -*- test-case-name: tests.unit.vmcontroller.test_host_controller -*-
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import uuid
@@ -123,7 +128,9 @@ class VMStatus:
     running: int = 0
     lost: bool = False
     gone: bool = False  # said bye
-    _deadline: Any = field(default=None, repr=False)
+    #: Clock time silence is counted from: the last message, a reconnect or
+    #: the end of a liveness hold.
+    _since: float | None = field(default=None, repr=False)
 
     @property
     def alive(self) -> bool:
@@ -184,6 +191,7 @@ class HostController:
         self._transfer_requests: dict[int, str] = {}  # put/get seq -> transfer id
         self._held: set[str] = set()  # VMs whose liveness is on hold
         self._connected = False
+        self._liveness_call: Any = None  # the one liveness timer, while armed
 
     # --- life cycle -------------------------------------------------------------
 
@@ -195,8 +203,7 @@ class HostController:
 
     def stop(self) -> Any:
         """Fail what is pending and disconnect; returns a Deferred."""
-        for status in self.vms.values():
-            self._cancel_deadline(status)
+        self._stop_liveness()
         self._requests.fail_all(ConnectionLostError("host controller stopped"))
         for sender in list(self.senders.values()):
             sender.cancel(ErrorCode.IO_ERROR, "host controller stopped")
@@ -314,17 +321,14 @@ class HostController:
 
     def hold_liveness(self, vm_id: str) -> None:
         """Do not declare ``vm_id`` lost until :meth:`release_liveness` (it is paused on purpose)."""
-        self._held.add(vm_id)
-        status = self.vms.get(vm_id)
-        if status is not None:
-            self._cancel_deadline(status)
+        self._held.add(vm_id)  # the liveness check skips it
 
     def release_liveness(self, vm_id: str) -> None:
         """Expect ``vm_id``'s heartbeats again, counting from now."""
         self._held.discard(vm_id)
         status = self.vms.get(vm_id)
         if status is not None and status.alive and self._connected:
-            self._arm_deadline(status)
+            self._count_from_now(status)
 
     def kill(self, vm_id: str, target: int, signal: int = 15) -> defer.Deferred[Ok]:
         """Signal the process group of the run whose ``seq`` is ``target``."""
@@ -433,7 +437,7 @@ class HostController:
             self._send(vm_id, Who(), quiet=True)
         for status in self.vms.values():
             if status.alive:
-                self._arm_deadline(status)
+                self._count_from_now(status)
         for sender in list(self.senders.values()):
             sender.resync()
         for receiver in list(self.receivers.values()):
@@ -441,8 +445,7 @@ class HostController:
 
     def _on_disconnect(self, reason: Failure) -> None:
         self._connected = False
-        for status in self.vms.values():
-            self._cancel_deadline(status)
+        self._stop_liveness()
         failed = self._requests.fail_all(
             ConnectionLostError(f"broker connection lost: {reason.getErrorMessage()}")
         )
@@ -496,25 +499,60 @@ class HostController:
             log.info("VM {vm} is back", vm=vm_id)
         status.lost = status.gone = False
         if self._connected:
-            self._arm_deadline(status)
+            self._count_from_now(status)
 
-    def _arm_deadline(self, status: VMStatus) -> None:
-        if status.vm_id in self._held:
-            return
-        delay = (self.missed_heartbeats + 0.5) * status.heartbeat_interval
-        if status._deadline is not None and status._deadline.active():
-            status._deadline.reset(delay)  # cheaper than cancel + a new call, every message
-            return
-        status._deadline = self.clock.callLater(delay, self._declare_lost, status.vm_id)
+    def _count_from_now(self, status: VMStatus) -> None:
+        """Silence of ``status`` counts from now; make sure the timer will see it."""
+        status._since = self.clock.seconds()
+        if status.vm_id not in self._held:
+            self._arm_liveness(self._deadline_of(status))
 
-    def _cancel_deadline(self, status: VMStatus) -> None:
-        if status._deadline is not None and status._deadline.active():
-            status._deadline.cancel()
-        status._deadline = None
+    def _deadline_of(self, status: VMStatus) -> float:
+        assert status._since is not None
+        return status._since + (self.missed_heartbeats + 0.5) * status.heartbeat_interval
+
+    def _arm_liveness(self, deadline: float) -> None:
+        """Have the liveness timer fire by ``deadline`` (rounded up to the grid).
+
+        An armed timer that fires by then is left alone (it re-arms itself
+        for later deadlines); one due later is moved sooner, which costs no
+        extra wake-up.
+        """
+        grid = min(1.0, 0.1 * min((s.heartbeat_interval for s in self.vms.values()), default=10))
+        when = math.ceil(deadline / grid) * grid if grid > 0 else deadline
+        delay = max(0.0, when - self.clock.seconds())
+        call = self._liveness_call
+        if call is not None and call.active():
+            if call.getTime() > when:
+                call.reset(delay)
+            return
+        self._liveness_call = self.clock.callLater(delay, self._check_liveness)
+
+    def _check_liveness(self) -> None:
+        """Declare lost every VM past its deadline; re-arm for the next one."""
+        self._liveness_call = None
+        if not self._connected:
+            return
+        now = self.clock.seconds()
+        due: list[float] = []
+        for status in list(self.vms.values()):
+            if not status.alive or status.vm_id in self._held or status._since is None:
+                continue
+            deadline = self._deadline_of(status)
+            if deadline <= now:
+                self._declare_lost(status.vm_id)
+            else:
+                due.append(deadline)
+        if due and self._liveness_call is None:
+            self._arm_liveness(min(due))
+
+    def _stop_liveness(self) -> None:
+        if self._liveness_call is not None and self._liveness_call.active():
+            self._liveness_call.cancel()
+        self._liveness_call = None
 
     def _declare_lost(self, vm_id: str, why: str = "missed heartbeats") -> None:
         status = self.vms[vm_id]
-        status._deadline = None
         if status.lost:
             return
         status.lost = True
@@ -548,8 +586,7 @@ class HostController:
 
     def _on_bye(self, vm_id: str, message: Bye, payload: bytes) -> None:
         status = self.vms[vm_id]
-        status.gone = True
-        self._cancel_deadline(status)
+        status.gone = True  # the liveness check skips it
         self._requests.fail_all(VMLostError(f"VM {vm_id} said bye: {message.reason}"), key=vm_id)
 
     def _on_pong(self, vm_id: str, message: Pong, payload: bytes) -> None:

@@ -416,3 +416,24 @@ def test_a_symlink_swapped_in_after_the_check_does_not_move_a_transfer_outside(
     assert hashlib.sha256((world.work / "d-real" / "f.bin").read_bytes()).hexdigest() == digest
     if direction == "get":
         assert (world.local / "back.bin").read_bytes() == (world.local / "f.bin").read_bytes()
+
+
+def test_one_liveness_timer_that_messages_do_not_move(world):
+    """Heartbeats only note the time: the one liveness timer is not reset per
+    message (a Twisted timer moved later still wakes the reactor at its old
+    time), it fires at its deadline, finds the VM alive and re-arms."""
+
+    def liveness_calls():
+        return [c for c in world.clock.getDelayedCalls() if c.func == world.host._check_liveness]
+
+    result_of(world.host.wait_for_hello(VM, timeout=5))
+    world.settle()
+    (first,) = liveness_calls()
+    armed_at = first.getTime()
+    world.settle(1.0)  # a heartbeat arrives
+    world.settle(1.0)  # another
+    assert liveness_calls() == [first] and first.getTime() == armed_at
+    world.settle(armed_at - world.clock.seconds())  # it fires: alive, re-armed later
+    (second,) = liveness_calls()
+    assert second is not first and second.getTime() > armed_at
+    assert world.lost == []

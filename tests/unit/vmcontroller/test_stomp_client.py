@@ -101,8 +101,30 @@ def test_client_ack_acknowledges_one_read_with_one_cumulative_ack():
     assert [f.headers for f in _frames(transport)] == [{"id": "a4"}]
 
 
-def test_heartbeats_are_sent_when_idle():
+def test_heartbeats_answer_the_brokers_data_without_a_timer():
+    """The broker writes at least every interval, so our heart-beat goes out
+    when its data wakes us and half an interval has passed since we wrote."""
     clock, proto, transport, _, _ = _connect(heartbeat=1.0, server_hb="500,500")
+    clock.advance(0.4)
+    proto.dataReceived(b"\n")
+    assert transport.value() == b""  # we wrote (CONNECT) 0.4 s ago
+    clock.advance(0.2)
+    proto.dataReceived(b"\n")
+    assert transport.value() == b"\n"
+    transport.clear()
+    proto.send("/queue/q", b"x")
+    transport.clear()
+    clock.advance(0.4)
+    proto.dataReceived(b"\n")
+    assert transport.value() == b""  # something was sent 0.4 s ago
+    clock.advance(1.0)
+    assert transport.value() == b""  # no timer of our own writes anything
+    # the only timer is the silence check armed at CONNECTED (2.5 intervals)
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [2.5]
+
+
+def test_heartbeats_are_sent_by_timer_when_the_broker_sends_none():
+    clock, proto, transport, _, _ = _connect(heartbeat=1.0, server_hb="0,500")
     clock.advance(1.0)
     assert transport.value() == b"\n"
     transport.clear()
@@ -110,6 +132,8 @@ def test_heartbeats_are_sent_when_idle():
     transport.clear()
     clock.advance(0.5)  # something was sent 0.5 s ago: no heart-beat needed yet
     assert transport.value() == b""
+    clock.advance(0.5)
+    assert transport.value() == b"\n"
 
 
 def test_a_silent_broker_is_declared_dead():
