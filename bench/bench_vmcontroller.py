@@ -22,7 +22,7 @@ Processes: the broker, the agent and the host each run in a process of their
 own (the host is this script's process, driven on a private reactor thread).
 
 Usage: .venv/bin/python bench/bench_vmcontroller.py [--size-mib 128] [--repeat 3]
-       [--runs 300] [--idle-seconds 60]
+       [--runs 300] [--idle-seconds 60] [--only relay latency idle]
 """
 
 from __future__ import annotations
@@ -187,12 +187,22 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
+PARTS = ("relay", "latency", "idle")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=128, help="file relay size")
     parser.add_argument("--repeat", type=int, default=3, help="relay repetitions (median)")
     parser.add_argument("--runs", type=int, default=300, help="ping / run-true samples")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="idle CPU window")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="measure only these parts (default: all)",
+    )
     args = parser.parse_args()
     size = args.size_mib * 1024 * 1024
     processes: list[subprocess.Popen] = []
@@ -252,7 +262,27 @@ def run(args: argparse.Namespace, size: int, tmp: Path, processes: list) -> int:
     hr.call(host.wait_for_hello, "bench", 30)
     print(f"vmcontroller benchmark: embedded broker, separate processes, {os.cpu_count()} cores")
 
-    # --- file relay ----------------------------------------------------------
+    if "relay" in args.only:
+        roles = {"broker": broker.pid, "agent": agent.pid, "host": os.getpid()}
+        relay_part(args, size, tmp, hr, host, roles, work)
+    if "latency" in args.only:
+        latency_part(args, hr, host)
+    if "idle" in args.only:
+        idle_part(args, agent.pid)
+    hr.call(host.stop)
+    return 0
+
+
+def relay_part(
+    args: argparse.Namespace,
+    size: int,
+    tmp: Path,
+    hr: Reactor,
+    host: HostController,
+    roles: dict[str, int],
+    work: Path,
+) -> None:
+    """File relay put/get against raw TCP file to file, interleaved."""
     source = tmp / "source.bin"
     digest = make_file(source, size)
     raw: list[float] = []
@@ -260,7 +290,6 @@ def run(args: argparse.Namespace, size: int, tmp: Path, processes: list) -> int:
     relay: dict[tuple[str, int], list[float]] = {}
     # CPU seconds each process spent per transfer: steadier than wall time
     # on a shared machine, and it shows where the relay's cost lies.
-    roles = {"broker": broker.pid, "agent": agent.pid, "host": os.getpid()}
     cpu: dict[tuple[str, int], list[dict[str, float]]] = {}
 
     def timed(key: tuple[str, int], function: Any, *call_args: Any) -> Any:
@@ -313,7 +342,9 @@ def run(args: argparse.Namespace, size: int, tmp: Path, processes: list) -> int:
         )
         print(f"    {key[0]} {key[1] // 1024:>4} KiB chunks: {figures}")
 
-    # --- latency -------------------------------------------------------------
+
+def latency_part(args: argparse.Namespace, hr: Reactor, host: HostController) -> None:
+    """Ping and ``run true`` round trips, p50/p99."""
     for _ in range(20):
         hr.call(host.ping, "bench")
         hr.call(host.run, "bench", argv=["true"])
@@ -336,13 +367,15 @@ def run(args: argparse.Namespace, size: int, tmp: Path, processes: list) -> int:
         f"{percentile(runs, 99):6.3f} ms   (target p50 <= 5 ms)"
     )
 
-    # --- idle CPU ------------------------------------------------------------
+
+def idle_part(args: argparse.Namespace, agent_pid: int) -> None:
+    """CPU of the idle agent and host controller processes."""
     time.sleep(2)  # let the last replies settle
-    agent_before, host_before = cpu_seconds(agent.pid), cpu_seconds(os.getpid())
+    agent_before, host_before = cpu_seconds(agent_pid), cpu_seconds(os.getpid())
     started = time.monotonic()
     time.sleep(args.idle_seconds)
     wall = time.monotonic() - started
-    agent_cpu = cpu_seconds(agent.pid) - agent_before
+    agent_cpu = cpu_seconds(agent_pid) - agent_before
     host_cpu = cpu_seconds(os.getpid()) - host_before
     print(f"\nidle CPU over {wall:.0f} s, heartbeat every 10 s (target <= 0.01 % of a core)")
     for name, cpu in (("agent", agent_cpu), ("host controller", host_cpu)):
@@ -350,8 +383,6 @@ def run(args: argparse.Namespace, size: int, tmp: Path, processes: list) -> int:
             f"  {name:<22} {cpu * 1000:7.2f} ms CPU = {100 * cpu / wall:.4f} % of a core "
             f"({cpu / wall * 3600:.2f} s per wall hour)"
         )
-    hr.call(host.stop)
-    return 0
 
 
 if __name__ == "__main__":
