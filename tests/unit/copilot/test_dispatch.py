@@ -100,3 +100,21 @@ def test_frames_without_a_vm_login_or_with_bad_bodies_are_ignored(setup):
     assert session.sent == []
     with pytest.raises(ValueError, match="not a VM login"):
         agent_for_login("host-x")
+
+
+def test_parked_pilots_no_bigger_than_one_that_found_nothing_are_not_looked_up(setup):
+    """One job for 50 idle pilots: two lookups, not 50; a bigger pilot is still served."""
+    clock, manager, session = setup
+    for n in range(50):
+        session.pilot_says(f"vm-p{n}", "want_job", seq=n, capabilities=CAPS)
+    big = dict(CAPS, cores=8)
+    session.pilot_says("vm-big", "want_job", seq=99, capabilities=big)
+    lookups = []
+    want_job = manager.want_job
+    manager.want_job = lambda agent, caps: lookups.append(agent) or want_job(agent, caps)
+    manager.submit("alice", JobSpec(argv=("x",)), {})
+    assert lookups == ["p0", "p1", "big"]  # p1 found nothing: p2..p49 are skipped
+    manager.submit("alice", JobSpec(argv=("x",), cores=8), {})
+    assert lookups[3:] == ["p1", "big"]
+    offers = [(dest, m["seq"]) for dest, m in session.sent if m["type"] == "offer"]
+    assert offers == [(to_guest("p0"), 0), (to_guest("big"), 99)]
