@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import ROOT
 from vmwrapper.testing.chain import COBBLESTONE_SCALE
+from vmwrapper.testing.parentdeath import die_with_parent
 from vmwrapper.testing.processes import kill_all_inside, pids_inside
 
 DEMO = [sys.executable, "-m", "vmwrapper.demo"]
@@ -40,7 +41,11 @@ def _require_chain() -> None:
 
 @pytest.fixture
 def demo_process(request, tmp_path):
-    """Start the demo in ``tmp_path/work``; kill it and everything in its work dir at the end."""
+    """Start the demo in ``tmp_path/work``; kill it and everything in its work dir at the end.
+
+    Should pytest itself be killed (no finalizer runs then), the demo gets SIGTERM
+    from the kernel and stops everything it started, as on Ctrl-C.
+    """
     started: list[subprocess.Popen[str]] = []
     work = tmp_path / "work"
 
@@ -48,7 +53,7 @@ def demo_process(request, tmp_path):
         process = subprocess.Popen(
             [*DEMO, "--work-dir", str(work), *args], cwd=ROOT, text=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         started.append(process)
         return process
 
@@ -191,7 +196,8 @@ def test_a_task_that_overruns_the_timeout_fails_the_demo_and_stops_everything(de
 
 def _run_demo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*DEMO, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL,
+                          preexec_fn=die_with_parent(signal.SIGTERM))
 
 
 def test_a_work_dir_the_demo_did_not_make_is_refused_and_left_alone(tmp_path):
