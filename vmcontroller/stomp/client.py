@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import ClientService
-from twisted.internet import defer, error
+from twisted.internet import defer, error, main
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -44,7 +44,7 @@ from vmcontroller.stomp.codec import (
     encode_frame,
     encode_head,
 )
-from vmcontroller.stomp.sockets import enlarge_buffers, write_now
+from vmcontroller.stomp.sockets import enlarge_buffers, write_now, write_parts_now
 
 __all__ = [
     "NotConnectedError",
@@ -59,6 +59,10 @@ log = Logger()
 
 #: Bytes read from the socket per reactor wake-up.
 READ_SIZE = 1024 * 1024
+#: Bytes read right after a large body was received in place: the next
+#: chunk's header block, so its body is received in place too, not copied
+#: out of a large read.
+HEAD_READ_SIZE = 8 * 1024
 
 #: A frame handler: gets each MESSAGE frame of one subscription.
 MessageHandler = Callable[[Frame], None]
@@ -166,6 +170,8 @@ class StompClientProtocol(Protocol):
             # Read up to 1 MiB per wake-up (Twisted's default is 64 KiB): a
             # 256 KiB file chunk then usually arrives in one dataReceived.
             self.transport.bufferSize = READ_SIZE
+        if sock is not None and callable(getattr(self.transport, "doRead", None)):
+            self.transport.doRead = self._read  # see _read: bodies received in place
         hb = int(self.config.heartbeat * 1000)
         headers = {
             "accept-version": "1.1,1.2",
@@ -177,6 +183,57 @@ class StompClientProtocol(Protocol):
         self._write(Frame("CONNECT", headers))
         self._last_heard = self.clock.seconds()
 
+    def _read(self) -> Any:
+        """The transport's doRead: drain the socket, bodies straight into place.
+
+        Large bodies (file chunks) are received with ``recv_into`` the
+        parser's body buffer, never into a fresh bytes object to be copied
+        over; after one, only a header block is read (so the next body is
+        received in place too).  Up to ``READ_SIZE`` bytes per wake-up, like
+        a plain read; acks and the heart-beat follow once, at the end.
+        """
+        sock = self.transport.socket
+        parser = self._parser
+        budget = READ_SIZE
+        after_body = False
+        try:
+            while budget > 0 and not self._lost:
+                sink = parser.body_sink()
+                if sink is not None:
+                    try:
+                        count = sock.recv_into(sink)
+                        wanted = len(sink)
+                    finally:
+                        sink.release()
+                    if count:
+                        self._last_heard = self.clock.seconds()
+                        frames = parser.body_received(count)
+                        after_body = parser.body_sink() is None
+                else:
+                    wanted = HEAD_READ_SIZE if after_body else budget
+                    data = sock.recv(wanted)
+                    count = len(data)
+                    if count:
+                        self._last_heard = self.clock.seconds()
+                        frames = parser.feed(data)
+                        after_body = False
+                if not count:
+                    return main.CONNECTION_DONE
+                budget -= count
+                self._handle_frames(frames)
+                if count < wanted and not after_body:
+                    break  # the socket is drained
+        except (BlockingIOError, InterruptedError):
+            pass
+        except FrameError as problem:
+            log.error("broker sent a bad frame ({problem}): closing", problem=problem)
+            self.transport.abortConnection()
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        self._after_read()
+        return None
+
     def dataReceived(self, data: bytes) -> None:
         self._last_heard = self.clock.seconds()
         try:
@@ -185,10 +242,17 @@ class StompClientProtocol(Protocol):
             log.error("broker sent a bad frame ({problem}): closing", problem=problem)
             self.transport.abortConnection()
             return
+        self._handle_frames(frames)
+        self._after_read()
+
+    def _handle_frames(self, frames: list[Frame]) -> None:
         for frame in frames:
             if self._lost:
                 return
             self._frame_received(frame)
+
+    def _after_read(self) -> None:
+        """Once per read: the cumulative ACKs, and our heart-beat if it is half due."""
         if self._unacked and not self._lost:
             unacked, self._unacked = self._unacked, {}
             for frame in unacked.values():
@@ -320,9 +384,8 @@ class StompClientProtocol(Protocol):
 
     def _write(self, frame: Frame) -> None:
         if len(frame.body) >= DIRECT_BODY_SIZE:
-            # A file chunk: hand Twisted the parts, it joins them once
-            # (encode_frame would copy the body one more time).
-            self.transport.writeSequence((encode_head(frame, self.version), frame.body, b"\x00"))
+            # A file chunk: write the parts (encode_frame would copy the body).
+            write_parts_now(self.transport, (encode_head(frame, self.version), frame.body, b"\x00"))
         else:
             self.transport.write(encode_frame(frame, self.version))
         self._last_sent = self.clock.seconds()
@@ -331,13 +394,14 @@ class StompClientProtocol(Protocol):
         """Write ``frame`` with ``parts`` back to back as its body, never joined.
 
         File chunks come as (message header, payload): joining them here would
-        copy every chunk once more before Twisted copies it into its buffer.
+        copy every chunk once more; :func:`write_parts_now` hands them to the
+        kernel in one ``sendmsg`` (Twisted would join them into its buffer).
         """
         size = sum(len(part) for part in parts)
         head = encode_head(frame, self.version)  # body-less: ends in the blank line
         if size:
             head = b"%bcontent-length:%d\n\n" % (head[:-1], size)
-        self.transport.writeSequence((head, *parts, b"\x00"))
+        write_parts_now(self.transport, (head, *parts, b"\x00"))
         self._last_sent = self.clock.seconds()
 
     def subscribe(
