@@ -242,7 +242,11 @@ class Pilot:
     @defer.inlineCallbacks
     def _take(self, offer: dict[str, Any]) -> Any:
         job_id, lease_id = offer["job_id"], offer["lease_id"]
-        reply = yield self._ask(("lease", lease_id), "accept", job_id=job_id, lease_id=lease_id)
+        reply = None
+        for _ in range(3):  # accept is idempotent: a reply lost in a manager restart is asked again
+            reply = yield self._ask(("lease", lease_id), "accept", job_id=job_id, lease_id=lease_id)
+            if reply is not None:
+                break
         if reply is None or reply["type"] != "accepted":
             log.info("offer of {job} lost: {reply}", job=job_id, reply=reply and reply.get("reason"))
             return

@@ -88,3 +88,21 @@ def test_an_offer_that_is_not_confirmed_is_dropped(tmp_path):
     session.reply("vm1", "rejected", job_id="j1", lease_id="L1", reason="offer expired")
     assert session.sent[-1]["type"] == "want_job"  # straight back to asking
     assert pilot.jobs_run == 0
+
+
+def test_an_unanswered_accept_is_sent_again_before_the_offer_is_dropped(tmp_path):
+    """The manager may have taken the accept and died before answering (a restart)."""
+    clock = Clock()
+    pilot, session = make_pilot(tmp_path, clock, exit_when_idle=100)
+    pilot.run()
+    ask = session.sent[-1]
+    session.reply("vm1", "offer", seq=ask["seq"], job_id="j1", lease_id="L1", lease_token="t",
+                  job={"argv": ["true"], "outputs": [], "max_run_time": 10}, inputs=[],
+                  http_url="http://127.0.0.1:9", heartbeat_interval=1)  # fmt: skip
+    accept = {"copilot": 1, "type": "accept", "job_id": "j1", "lease_id": "L1"}
+    clock.advance(5)  # no answer within the request timeout
+    assert session.sent[-2:] == [accept, accept]
+    clock.advance(5)
+    assert session.sent[-1] == accept  # a third time
+    clock.advance(5)  # still nothing: the offer is dropped
+    assert session.sent[-1]["type"] == "want_job" and session.sent.count(accept) == 3
