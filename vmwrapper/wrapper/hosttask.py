@@ -19,6 +19,12 @@ asked (:meth:`HostTasks.cpu_seconds`); when a task ends, the growth of the
 wrapper's reaped-children usage gives its exact final figure (bounded by
 the last sample and the time since, in case another child of the wrapper
 was reaped in between).
+
+Priority: as BOINC's wrapper does, a task gets the niceness of its
+``<priority>`` (default the lowest, nice 19) the moment it is forked, before
+it can start children of its own. Raising a priority above the wrapper's
+needs privilege a volunteer's client does not have: the task then keeps the
+wrapper's niceness and the log says so.
 """
 
 from __future__ import annotations
@@ -46,6 +52,22 @@ TERMINATE_GRACE = 5.0
 #: The program that puts a task into a process group of its own (util-linux, always there).
 SETSID = "/usr/bin/setsid"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: setpriority(2) niceness of BOINC's process priorities 1 (lowest) .. 5 (highest), as the
+#: BOINC libraries map them on Unix.
+NICE_FOR_PRIORITY = {1: 19, 2: 10, 3: 0, 4: -10, 5: -15}
+
+
+def apply_priority(pid: int, priority: int) -> str | None:
+    """Give process *pid* the niceness of BOINC *priority*; a note when that is not allowed."""
+    nice = NICE_FOR_PRIORITY[priority]
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except PermissionError:
+        return (f"priority {priority} (nice {nice}) needs privilege the wrapper does not have; "
+                f"the task runs at nice {os.getpriority(os.PRIO_PROCESS, 0)}")
+    except ProcessLookupError:
+        pass  # it has already ended
+    return None
 
 
 class HostTaskError(Exception):
@@ -160,6 +182,8 @@ class _TaskProtocol(protocol.ProcessProtocol):
         # the pid now: a child that exits at once is reaped (its transport's pid cleared)
         # before spawnProcess returns
         self.run.pid = self.transport.pid
+        if self.run.pid:
+            self.run.priority_note = apply_priority(self.run.pid, self.run.task.priority)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self.run.on_output("stdout" if childFD == 1 else "stderr", data)
@@ -197,6 +221,8 @@ class HostRun:
         self._timed_out = False
         self._stopped = False
         self.pid: int = 0  # set by the protocol as soon as the process exists
+        #: why the task's <priority> could not be applied (None: applied)
+        self.priority_note: str | None = None
         self.process = self._spawn(spawn)
         if self.result is None:
             self._arm_limit()
@@ -393,6 +419,8 @@ class HostTasks:
         except OSError as exc:
             raise HostTaskError(f"{label}: cannot start {command.argv[0]}: "
                                 f"{exc.strerror or exc}") from None
+        if run.priority_note:
+            self._log(f"{label}: {run.priority_note}")
         self.runs.append(run)
         run.ended.addCallback(self._forget, run)
         if self.suspended:

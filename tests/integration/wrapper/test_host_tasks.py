@@ -27,8 +27,11 @@ HOST_APPS = pathlib.Path(__file__).parent / "host_apps"
 
 
 def host_task(script: str, arguments: str = "", extra: str = "") -> str:
+    # normal priority (nice 0, as the harness client runs the app): BOINC's default, the
+    # lowest, could starve the tasks on a loaded CI machine
     return (f"<task><where>host</where><application>/bin/sh</application>"
-            f"<command_line>{script} {arguments}</command_line>{extra}</task>")
+            f"<command_line>{script} {arguments}</command_line><priority>3</priority>{extra}"
+            "</task>")
 
 
 @pytest.fixture

@@ -191,10 +191,43 @@ def test_terminate_kills_after_the_grace_when_sigterm_is_ignored(tmp_path, react
 
 def test_cpu_time_of_a_busy_task_is_counted(tmp_path, reactor):
     slot = make_slot(tmp_path, {"busy": "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"})
-    host, _, _ = tasks_for(slot, reactor, task.Clock(), Task(application="busy", where="host"))
+    host, _, _ = tasks_for(slot, reactor, task.Clock(),
+                           Task(application="busy", where="host", priority=3))
     started = time.process_time()
     run = host.start(0, lambda *_: None)
     spin(reactor, run.ended, timeout=30)
     assert time.process_time() - started < 5  # the wrapper itself barely worked
     assert host.cpu_seconds() > 0.05
     assert host.cpu_seconds() == run.cpu
+
+
+@pytest.mark.parametrize(("priority", "nice"), [(1, 19), (2, 10), (3, 0)])
+def test_a_task_runs_at_the_niceness_of_its_priority_lowest_by_default(
+        tmp_path, reactor, priority, nice):
+    if os.getpriority(os.PRIO_PROCESS, 0) > nice and os.geteuid() != 0:
+        pytest.skip("raising a priority needs privilege")
+    slot = make_slot(tmp_path, {"show": "sh -c 'nice > child.txt'; nice > own.txt"})
+    job_task = (Task(application="show", where="host") if priority == 1
+                else Task(application="show", where="host", priority=priority))
+    host, logged, _ = tasks_for(slot, reactor, task.Clock(), job_task)
+    spin(reactor, host.start(0, lambda *_: None).ended)
+    assert (slot / "own.txt").read_text().strip() == str(nice)
+    assert (slot / "child.txt").read_text().strip() == str(nice)  # its children inherit it
+    assert logged == []
+
+
+def test_a_priority_that_cannot_be_raised_is_logged_and_the_task_still_runs(
+        tmp_path, reactor, monkeypatch):
+    def refuse(which: int, who: int, nice: int) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    slot = make_slot(tmp_path, {"show": "nice > own.txt"})
+    host, logged, _ = tasks_for(slot, reactor, task.Clock(),
+                                Task(application="show", where="host", priority=5))
+    result = spin(reactor, host.start(0, lambda *_: None).ended)
+    assert result.succeeded
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert (slot / "own.txt").read_text().strip() == str(own)
+    assert logged == [f"task 1: priority 5 (nice -15) needs privilege the wrapper does not "
+                      f"have; the task runs at nice {own}"]
