@@ -7,12 +7,15 @@ The same checks run against each; a backend whose server is not on
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.task import Clock
 
 from tests.integration.copilot.conftest import backend_url
 from vmcontroller.copilot import lease
+from vmcontroller.copilot.executor import executor_for
 from vmcontroller.copilot.lease import LeaseRejected, LeaseTimes
 from vmcontroller.copilot.manager import JobManager
 from vmcontroller.copilot.spec import Capabilities, JobSpec, JobState
@@ -97,3 +100,66 @@ def test_manager_lease_cycle_on_this_backend(store, tmp_path):
         assert (done.state, done.attempts) == (JobState.DONE, 2)
     finally:
         manager.stop()
+
+
+def _row_locker(url: str, job_id: str) -> Any:
+    """Another connection holding ``job_id``'s row lock (SELECT ... FOR UPDATE) until rollback."""
+    from urllib.parse import urlsplit
+
+    name = urlsplit(url).path.lstrip("/")
+    if url.startswith("mysql"):
+        import pymysql
+
+        connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
+                                     database=name, autocommit=False)  # fmt: skip
+    else:
+        import psycopg
+
+        connection = psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=name,
+                                     autocommit=False)  # fmt: skip
+    cursor = connection.cursor()
+    cursor.execute("SELECT id FROM copilot_jobs WHERE id = %s FOR UPDATE", (job_id,))
+    cursor.fetchall()
+    return connection
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("mariadb", marks=pytest.mark.mariadb), "postgresql"]
+)
+def test_a_database_call_that_waits_leaves_the_reactor_running(backend, tmp_path):
+    """With the store's worker thread, a write stuck on a row lock does not stop the
+    reactor: its timers run meanwhile, and the write completes once the lock goes."""
+    url, drop = backend_url(backend, tmp_path)
+    try:
+        store = open_store(url)
+    except StoreError as error:
+        pytest.skip(f"{backend} store unavailable: {error}")
+    reactor = EPollReactor()
+    executor = executor_for(store.blocking, reactor)
+    assert executor.threaded  # auto: network databases get the thread
+    manager = JobManager(store, JobStorage(str(tmp_path / "files")), reactor, executor=executor)
+    job = manager.submit("alice", JobSpec(argv=("x",)), {})
+    locker = _row_locker(url, job.id)
+    seen: dict[str, Any] = {}
+
+    def release() -> None:
+        seen["pending while the reactor ran"] = not seen["call"].called
+        locker.rollback()  # the worker's UPDATE may proceed now
+
+    def start() -> None:
+        cancelled = seen["call"] = executor.call(manager.cancel, "alice", job.id)
+        cancelled.addBoth(lambda outcome: seen.setdefault("outcome", outcome))
+        cancelled.addBoth(lambda _: reactor.stop())
+        reactor.callLater(0.5, release)
+        reactor.callLater(60, reactor.stop)  # never hang the suite
+
+    try:
+        reactor.callWhenRunning(start)
+        reactor.run(installSignalHandlers=False)
+    finally:
+        executor.stop()
+        locker.close()
+        store.close()
+        drop()
+    assert seen["pending while the reactor ran"]
+    assert seen["outcome"].state is JobState.CANCELLED
