@@ -22,6 +22,7 @@ later runs; ``--cleanup`` removes them).
 
 Usage: .venv/bin/python bench/bench_copilot.py [--broker embedded|rabbitmq]
        [--agents 200] [--jobs 3000] [--latency-jobs 100]
+       [--store mysql://root@127.0.0.1:3306/copilot_bench] [--store-thread auto|on|off]
 """
 
 from __future__ import annotations
@@ -133,6 +134,28 @@ def rabbit_broker(workdir: Path, agents: int) -> tuple[int, str, tuple[str, str]
     if done.returncode != 0:
         raise RuntimeError(f"rabbitmqctl import_definitions failed: {done.stderr.strip()}")
     return 61613, RABBIT_VHOST, host, vms, None
+
+
+def drop_database(url: str | None) -> None:
+    """Remove a MariaDB/PostgreSQL bench database (SQLite lives in the temporary directory)."""
+    if not url or url.startswith("sqlite"):
+        return
+    from urllib.parse import urlsplit
+
+    name = urlsplit(url).path.lstrip("/")
+    if url.startswith(("mysql", "mariadb")):
+        import pymysql
+
+        connection = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        connection.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres",
+                             autocommit=True) as connection:  # fmt: skip
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def rabbit_cleanup(agents: int) -> None:
@@ -247,7 +270,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Any:
             pilot.waiter = None
 
         # The manager, with its jobs submitted before the pilots start.
-        store_url = f"sqlite:///{workdir}/jobs.db"
+        store_url = args.store or f"sqlite:///{workdir}/jobs.db"
         store = open_store(store_url)
         token = store.add_user("bench")
         store.close()
@@ -257,7 +280,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Any:
              "--storage", str(workdir / "files"), "--http", "127.0.0.1:0",
              "--broker", f"127.0.0.1:{port}", "--login", host[0], "--passcode", host[1],
              "--vhost", vhost, "--lease-ttl", "600", "--offer-ttl", "600",
-             "--heartbeat-interval", "60", "--retry-after", "5"],
+             "--heartbeat-interval", "60", "--retry-after", "5",
+             "--store-thread", args.store_thread],
             stdout=subprocess.PIPE, stderr=open(workdir / "manager.log", "ab"), text=True,
             cwd=ROOT,
         )  # fmt: skip
@@ -297,7 +321,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Any:
 
         phase("done")
         rt_p50 = statistics.median(single) * 1000
-        print(f"broker: {args.broker}, {args.agents} simulated pilots")
+        print(f"broker: {args.broker}, {args.agents} simulated pilots, store "
+              f"{store_url.split(':')[0]}, --store-thread {args.store_thread}")
         print(f"baseline round trips through the broker: {baseline_rate:,.0f}/s "
               f"(all pilots), single p50 {rt_p50:.2f} ms")
         print(f"dispatch: {args.jobs} empty jobs in {finished_at - started:.2f} s = "
@@ -326,6 +351,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--latency-jobs", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=5.0, help="baseline duration")
+    parser.add_argument("--store", help="the manager's store URL (default: SQLite in a temporary"
+                        " directory); a MariaDB/PostgreSQL database named here is dropped after")
+    parser.add_argument("--store-thread", choices=["auto", "on", "off"], default="auto",
+                        help="the manager's --store-thread (store calls in a worker thread)")
     parser.add_argument("--profile-manager", metavar="FILE", help="cProfile the manager into FILE")
     parser.add_argument("--cleanup", action="store_true", help="remove the RabbitMQ bench users")
     args = parser.parse_args()
@@ -338,7 +367,10 @@ def main() -> None:
             print(f"bench failed: {failure.getTraceback()}", file=sys.stderr)
             return failure
 
-        task.react(lambda _: run(args, Path(tmp)).addErrback(report))
+        try:
+            task.react(lambda _: run(args, Path(tmp)).addErrback(report))
+        finally:
+            drop_database(args.store)
 
 
 if __name__ == "__main__":
