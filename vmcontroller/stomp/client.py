@@ -171,6 +171,9 @@ class StompClientProtocol(Protocol):
             # 256 KiB file chunk then usually arrives in one dataReceived.
             self.transport.bufferSize = READ_SIZE
         if sock is not None and callable(getattr(self.transport, "doRead", None)):
+            # One reused read buffer: recv(1 MiB) would map and unmap a fresh
+            # 1 MiB object on every read, even for a 200-byte heartbeat.
+            self._read_view = memoryview(bytearray(READ_SIZE))
             self.transport.doRead = self._read  # see _read: bodies received in place
         hb = int(self.config.heartbeat * 1000)
         headers = {
@@ -211,11 +214,10 @@ class StompClientProtocol(Protocol):
                         after_body = parser.body_sink() is None
                 else:
                     wanted = HEAD_READ_SIZE if after_body else budget
-                    data = sock.recv(wanted)
-                    count = len(data)
+                    count = sock.recv_into(self._read_view[:wanted])
                     if count:
                         self._last_heard = self.clock.seconds()
-                        frames = parser.feed(data)
+                        frames = parser.feed(self._read_view[:count])  # copied: reusable
                         after_body = False
                 if not count:
                     return main.CONNECTION_DONE
