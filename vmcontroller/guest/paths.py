@@ -33,7 +33,15 @@ import os
 import stat
 from dataclasses import dataclass
 
-__all__ = ["Confined", "PathRefused", "confine", "open_confined", "open_confined_dir", "resolve"]
+__all__ = [
+    "Confined",
+    "PathRefused",
+    "confine",
+    "open_confined",
+    "open_confined_dir",
+    "open_in",
+    "resolve",
+]
 
 #: As the kernel's limit on symlinks followed during one lookup.
 _MAX_SYMLINKS = 40
@@ -99,7 +107,7 @@ def resolve(work_dir: str, requested: str, create_parents: bool = False) -> Conf
     if requested.startswith("/"):
         if not _inside(root, os.path.normpath(requested)):
             raise PathRefused(f"path {requested!r} refused: outside the work directory {root}")
-        parts = [p for p in os.path.relpath(os.path.normpath(requested), root).split("/")]
+        parts = os.path.relpath(os.path.normpath(requested), root).split("/")
     parts = [p for p in parts if p not in ("", ".")]
     if not parts:
         raise PathRefused(f"path {requested!r} refused: it names the work directory itself")
