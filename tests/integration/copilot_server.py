@@ -75,7 +75,7 @@ class CopilotServer:
             "--storage", str(self.workdir / "storage"), "--http", f"127.0.0.1:{http_port}",
             "--public-url", f"http://{self.public_host}:{http_port}",
             "--broker", f"127.0.0.1:{self.broker_port}", "--login", self.host.login,
-            "--passcode", self.host.passcode, "--heartbeat-interval", "2", "--lease-ttl", "10",
+            f"--passcode={self.host.passcode}", "--heartbeat-interval", "2", "--lease-ttl", "10",
             "--retry-after", "2"], "manager")
         line = manager.stdout.readline()
         assert line.startswith("http "), f"copilot serve did not start: {line!r}"

@@ -157,7 +157,7 @@ class Deployment:
             [PYTHON, "-m", "vmcontroller.copilot.cli", "serve", "--store", self.store_url,
              "--storage", str(self.workdir / "storage"), "--http", f"127.0.0.1:{port}",
              "--broker", f"127.0.0.1:{self.broker.port}", "--login", login,
-             "--passcode", passcode, "--vhost", self.broker.vhost,
+             f"--passcode={passcode}", "--vhost", self.broker.vhost,
              "--offer-ttl", "2", "--lease-ttl", "2", "--heartbeat-interval", "0.5",
              "--sweep-interval", "0.2", "--retry-after", "0.3", *extra],
             stdout=subprocess.PIPE, stderr=open(self.workdir / "manager.log", "ab"), text=True,
@@ -175,7 +175,7 @@ class Deployment:
         process = subprocess.Popen(
             [PYTHON, "-m", "vmcontroller.copilot.cli", "pilot",
              "--broker", f"127.0.0.1:{self.broker.port}", "--login", login,
-             "--passcode", passcode, "--vhost", self.broker.vhost,
+             f"--passcode={passcode}", "--vhost", self.broker.vhost,
              "--work-dir", str(self.workdir / f"pilot{index}"), "--cores", "2",
              "--memory-mb", "1024", "--request-timeout", "1", *extra],
             stdout=log, stderr=log, cwd=ROOT,
