@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-output-bytes", type=int, default=256 * 1024 * 1024)
     serve.add_argument("--store-thread", choices=["auto", "on", "off"], default="auto",
                        help="store calls in a worker thread (auto: for MariaDB/PostgreSQL)")
+    serve.add_argument("--max-releases", type=int, default=20,
+                       help="times a job may be given back by pilots without spending an attempt")
 
     add_user = sub.add_parser("add-user", help="create a user (or renew its token)")
     add_user.add_argument("name")
@@ -313,6 +315,7 @@ def _serve(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval, sweep_interval=args.sweep_interval,
         retry_after=args.retry_after,
         max_output_bytes=args.max_output_bytes, store_thread=args.store_thread,
+        max_releases=args.max_releases,
     )  # fmt: skip
     return serve(config)
 

@@ -1,4 +1,4 @@
-"""The job manager's broker side: request -> offer -> accept -> heartbeats -> done.
+"""The job manager's broker side: request -> offer -> accept -> heartbeats -> done (or release).
 
 Pilots write to the presence topic and read their VM's ``to_guest`` queue
 (see :mod:`.messages` for why).  A pilot is known by the broker-checked
@@ -250,6 +250,12 @@ class Dispatcher:
             self.manager.done, agent, job_id, lease_id, message["result"], message["outputs"]
         )
         done.addCallback(lambda _: self._send(agent, "done_ack", job_id=job_id, lease_id=lease_id))
+        done.addErrback(self._refused, agent, "rejected", job_id, lease_id)
+
+    def _on_release(self, agent: str, message: dict[str, Any]) -> None:
+        job_id, lease_id = message["job_id"], message["lease_id"]
+        done = self._call(self.manager.release, agent, job_id, lease_id, message["reason"])
+        done.addCallback(lambda _: self._send(agent, "released", job_id=job_id, lease_id=lease_id))
         done.addErrback(self._refused, agent, "rejected", job_id, lease_id)
 
     def _lease_lost(self, before: JobRecord, after: JobRecord) -> None:

@@ -13,6 +13,11 @@ A job is handed to one pilot at a time under a *lease*:
 * ``expire``: a lease whose holder went silent.  An accepted one costs one
   attempt.  A lost attempt re-queues the job while attempts remain, else
   the job FAILED.
+* ``release``: the lease holder gives back a lease it will not finish (its
+  time slice ended, it is shutting down, it no longer wants the offer).
+  The job is QUEUED again at once and the attempt is not counted, but
+  only ``max_releases`` times per job: past that, a release counts as a
+  failed attempt, so a broken pilot cannot bounce a job forever.
 * ``cancel``: the owner ends a job that is not final; its lease goes with it.
 
 A result carrying another lease id (an expired one, whose job meanwhile
@@ -43,6 +48,7 @@ __all__ = [
     "finish",
     "new_job",
     "offer",
+    "release",
     "renew",
 ]
 
@@ -87,6 +93,8 @@ class JobRecord:
     lease_deadline: float | None = None
     lease_accepted: bool = False
     result: dict[str, Any] = field(default_factory=dict)
+    #: Accepted leases given back with ``release`` (see :func:`release`).
+    releases: int = 0
 
     @property
     def max_attempts(self) -> int:
@@ -209,6 +217,29 @@ def expire(job: JobRecord, now: float) -> tuple[JobRecord, Event] | None:
         return job, Event(now, JobState.QUEUED, "offer not accepted in time")
     why = f"attempt {job.attempts} lost: agent {job.lease_agent} went silent"
     return _attempt_lost(job, now, why, job.result)
+
+
+def release(
+    job: JobRecord, lease_id: str, now: float, agent: str, reason: str, max_releases: int
+) -> tuple[JobRecord, Event]:
+    """The lease holder gives its lease back: the job is queued again, no attempt spent.
+
+    An accepted lease is counted in ``releases``; the release that takes
+    it past ``max_releases`` is an ordinary lost attempt instead.  An
+    offer never accepted just ends (it cost nothing and is not counted).
+    """
+    _check(job, lease_id, now)
+    if not job.lease_accepted:
+        job = _change(job, **_NO_LEASE)
+        return job, Event(now, JobState.QUEUED, f"offer released by {agent}: {reason}")
+    releases = job.releases + 1
+    if releases > max_releases:
+        why = (f"attempt {job.attempts} released by {agent}: {reason}; released {releases}"
+               f" times (limit {max_releases}), counted as a failed attempt")
+        return _attempt_lost(dataclasses.replace(job, releases=releases), now, why, job.result)
+    job = _change(job, state=JobState.QUEUED, attempts=job.attempts - 1, releases=releases,
+                  **_NO_LEASE)
+    return job, Event(now, JobState.QUEUED, f"released by {agent}: {reason}")
 
 
 def cancel(job: JobRecord, now: float, who: str) -> tuple[JobRecord, Event]:

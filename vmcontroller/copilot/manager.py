@@ -42,6 +42,8 @@ __all__ = ["JobManager", "NotFound"]
 log = Logger()
 
 _CAS_TRIES = 10
+#: Characters of a pilot's release reason kept in the history.
+_REASON_CHARS = 200
 
 
 class NotFound(LookupError):
@@ -65,8 +67,11 @@ class JobManager:
         times: LeaseTimes | None = None,
         sweep_interval: float = 1.0,
         executor: Executor | None = None,
+        max_releases: int = 20,
     ) -> None:
         self.store = store
+        #: Releases of one job spared an attempt (see :func:`.lease.release`).
+        self.max_releases = max_releases
         self.executor: Executor = executor or InlineExecutor()
         self.storage = storage
         self.clock = clock
@@ -224,6 +229,26 @@ class JobManager:
             self.storage.discard(job_id, lease_id)
             if after.state is JobState.QUEUED:
                 self._work_available()
+        return after
+
+    def release(self, agent: str, job_id: str, lease_id: str, reason: str) -> JobRecord:
+        """The pilot gives back a lease it will not finish: the job is queued again at once.
+
+        Refused (:class:`LeaseRejected`) like a late result when the lease
+        is not the job's current one; a cancel that came first wins.
+        """
+        reason = reason[:_REASON_CHARS]
+
+        def rule(job: JobRecord) -> tuple[JobRecord, Event]:
+            self._owned(job, agent, lease_id)
+            return lease.release(job, lease_id, self.now(), agent, reason, self.max_releases)
+
+        after = self._update(job_id, rule)[1]
+        log.info("job {job}: lease released by {agent} ({reason}); {state}", job=job_id,
+                 agent=agent, reason=reason, state=after.state)
+        self.storage.discard(job_id, lease_id)
+        if after.state is JobState.QUEUED:
+            self._work_available()
         return after
 
     def _check_outputs(

@@ -14,7 +14,9 @@ Each STOMP body is one JSON object with ``copilot`` (the protocol version),
     manager -> pilot   abort      job_id, lease_id, reason   (lease gone: kill the job)
     pilot -> manager   done       job_id, lease_id, result, outputs {name: {size, sha256}}
     manager -> pilot   done_ack   job_id, lease_id
-                       rejected   job_id, lease_id, reason   (answer to accept/done)
+    pilot -> manager   release    job_id, lease_id, reason   (a lease it will not finish)
+    manager -> pilot   released   job_id, lease_id           (job queued again, no attempt spent)
+                       rejected   job_id, lease_id, reason   (answer to accept/done/release)
 
 Pilots send to the presence topic (:data:`vmcontroller.destinations.PRESENCE`,
 which every VM login may write) and read their own ``to_guest`` queue; the
@@ -24,7 +26,9 @@ So Co-Pilot needs no destination beyond what
 regexes already grant.  The sender of a pilot message is the broker-checked
 ``user-id`` header, never a field of the body.
 
-Protocol history: 1 (2026-11) the messages above.
+Protocol history: 1 (2026-11) the messages above; ``release``/``released``
+added later in 1 (a manager without them drops a ``release`` as an unknown
+type, and the lease then expires as if the pilot had gone silent).
 """
 
 # -*- test-case-name: tests.unit.copilot.test_messages -*-
@@ -52,6 +56,8 @@ FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "abort": {"job_id": str, "lease_id": str, "reason": str},
     "done": {"job_id": str, "lease_id": str, "result": dict, "outputs": dict},
     "done_ack": {"job_id": str, "lease_id": str},
+    "release": {"job_id": str, "lease_id": str, "reason": str},
+    "released": {"job_id": str, "lease_id": str},
     "rejected": {"job_id": str, "lease_id": str, "reason": str},
 }  # fmt: skip
 

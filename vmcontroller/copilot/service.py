@@ -42,6 +42,8 @@ class ServiceConfig:
     max_output_bytes: int = 256 * 1024 * 1024
     #: Store calls in a worker thread: ``auto`` (MariaDB/PostgreSQL), ``on``, ``off``.
     store_thread: str = "auto"
+    #: Releases of one job that spare its attempt (then a release counts as a failure).
+    max_releases: int = 20
 
 
 def serve(config: ServiceConfig) -> int:
@@ -71,7 +73,10 @@ def serve(config: ServiceConfig) -> int:
     executor = executor_for(store.blocking, reactor, config.store_thread)
     print(f"copilot: store calls {'in a worker thread' if executor.threaded else 'inline'}",
           file=sys.stderr, flush=True)
-    manager = JobManager(store, storage, reactor, times, config.sweep_interval, executor)
+    manager = JobManager(
+        store, storage, reactor, times, config.sweep_interval, executor,
+        max_releases=config.max_releases,
+    )
     port = reactor.listenTCP(config.http[1], Site(CopilotResource(manager)), interface=config.http[0])
     address = port.getHost()
     url = config.public_url or f"http://{address.host}:{address.port}"

@@ -40,14 +40,14 @@ _DB_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 _COLUMNS = (
     "id", "owner", "spec", "state", "created", "attempts", "version", "lease_id",
     "lease_token", "lease_agent", "lease_expires", "lease_deadline", "lease_accepted",
-    "result", "cores", "memory_mb", "max_run_time",
+    "result", "cores", "memory_mb", "max_run_time", "releases",
 )  # fmt: skip
 
 #: What a save may change: the owner, the spec and the submit time never do.
 _MUTABLE_ASSIGNMENTS = ", ".join(
     f"{name} = ?" for name in (
         "state", "attempts", "version", "lease_id", "lease_token", "lease_agent",
-        "lease_expires", "lease_deadline", "lease_accepted", "result",
+        "lease_expires", "lease_deadline", "lease_accepted", "result", "releases",
     )
 )  # fmt: skip
 #: Parsed specs kept per store.
@@ -66,7 +66,8 @@ def _schema(auto_increment: str, text: str, double: str = "DOUBLE") -> list[str]
         " version INTEGER NOT NULL, lease_id VARCHAR(32), lease_token VARCHAR(64),"
         " lease_agent VARCHAR(64), lease_expires DOUBLE, lease_deadline DOUBLE,"
         f" lease_accepted INTEGER NOT NULL, result {text} NOT NULL, cores INTEGER NOT NULL,"
-        " memory_mb INTEGER NOT NULL, max_run_time DOUBLE NOT NULL)",
+        " memory_mb INTEGER NOT NULL, max_run_time DOUBLE NOT NULL,"
+        " releases INTEGER NOT NULL DEFAULT 0)",
         "CREATE INDEX IF NOT EXISTS copilot_jobs_state ON copilot_jobs (state, created)",
         "CREATE INDEX IF NOT EXISTS copilot_jobs_owner ON copilot_jobs (owner, created)",
         "CREATE INDEX IF NOT EXISTS copilot_jobs_token ON copilot_jobs (lease_token)",
@@ -102,6 +103,7 @@ class Store:
         with self._transaction() as cursor:
             for statement in schema:
                 cursor.execute(statement)
+        self._add_releases_column()
 
     # --- plumbing --------------------------------------------------------------
 
@@ -127,6 +129,16 @@ class Store:
 
     def _transaction(self) -> Store._Tx:
         return Store._Tx(self)
+
+    def _add_releases_column(self) -> None:
+        """Give a table made before ``releases`` existed that column (counted from 0)."""
+        try:
+            self._query("SELECT releases FROM copilot_jobs WHERE 1 = 0")
+        except Exception:  # each driver names "no such column" its own way
+            with self._transaction() as cursor:
+                cursor.execute(
+                    "ALTER TABLE copilot_jobs ADD COLUMN releases INTEGER NOT NULL DEFAULT 0"
+                )
 
     def _query(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._transaction() as cursor:
@@ -169,6 +181,7 @@ class Store:
             job.attempts, job.version, job.lease_id, job.lease_token, job.lease_agent,
             job.lease_expires, job.lease_deadline, int(job.lease_accepted),
             json.dumps(job.result), job.spec.cores, job.spec.memory_mb, job.spec.max_run_time,
+            job.releases,
         )  # fmt: skip
 
     def _spec(self, text: str) -> JobSpec:
@@ -197,6 +210,7 @@ class Store:
             lease_deadline=values["lease_deadline"],
             lease_accepted=bool(values["lease_accepted"]),
             result=json.loads(values["result"]),
+            releases=int(values["releases"]),
         )
 
     def _add_event(self, cursor: Any, job_id: str, event: Event) -> None:
@@ -227,7 +241,8 @@ class Store:
                 (
                     str(job.state), job.attempts, job.version, job.lease_id, job.lease_token,
                     job.lease_agent, job.lease_expires, job.lease_deadline,
-                    int(job.lease_accepted), json.dumps(job.result), job.id, expected_version,
+                    int(job.lease_accepted), json.dumps(job.result), job.releases, job.id,
+                    expected_version,
                 ),
             )
             if cursor.rowcount != 1:
