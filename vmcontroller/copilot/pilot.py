@@ -15,10 +15,14 @@ One loop, until the volunteer's time slice ends (``until``) or :meth:`Pilot.stop
    its sha256; then ``done`` until ``done_ack`` or ``rejected``.
 
 When the slice ends (or the reactor shuts down, e.g. on the SIGTERM the
-wrapper's agent sends when the BOINC task ends) while a job still runs, the
-job is *given back*: killed, nothing uploaded, and reported ``done`` with an
-error saying so, so the manager ends the lease and re-queues the job at once
-(an attempt used) instead of waiting for the lease to expire.
+wrapper's agent sends when the BOINC task ends) while a job's inputs are
+fetched or it runs, the job is *given back*: killed (or never started),
+nothing uploaded, and its lease ended with ``release``, so the manager
+re-queues the job at once without spending an attempt instead of waiting
+for the lease to expire.  Offers the pilot no longer wants are released
+too: one answering a request it stopped waiting for, one arriving after
+:meth:`Pilot.stop`, and an accepted one whose ``accepted`` never came (the
+manager may have taken the accept and lost the answer).
 
 For the wrapper: :attr:`Pilot.cpu_time` sums the user+system CPU seconds of
 every job run, for trickle credit; :meth:`Pilot.run` fires with a summary
@@ -60,6 +64,8 @@ log = Logger()
 LOG_FILES = ("stdout.log", "stderr.log")
 #: Bytes of each log's end sent with ``done`` (``copilot logs`` shows them).
 TAIL_BYTES = 16 * 1024
+#: Times ``done`` or a give-back ``release`` is sent before the lease is left to expire.
+REPORT_TRIES = 12
 
 
 class _LeaseLost(Exception):
@@ -104,7 +110,10 @@ class Pilot:
         self._aborted: set[str] = set()
         self._command: RunningCommand | None = None
         self._command_lease: str | None = None
-        self._given_back: set[str] = set()
+        #: Leases given back (-> why) and the one whose job may still be given back.
+        self._given_back: dict[str, str] = {}
+        self._releasable: str | None = None
+        self._give_back_reason: str | None = None
         self._loop: defer.Deferred[dict[str, Any]] | None = None
         os.makedirs(self.work_dir, exist_ok=True)
         session.subscribe(to_guest(self.agent_id), self._on_frame)
@@ -128,6 +137,12 @@ class Pilot:
         waiter = self._waiters.pop(key, None)
         if waiter is not None:
             waiter.callback(message)
+        elif kind == "offer":  # we stopped waiting for it: let the job go to someone else now
+            try:
+                self._send("release", job_id=message["job_id"], lease_id=message["lease_id"],
+                           reason="offer came after the pilot stopped waiting")
+            except NotConnectedError:
+                pass  # the offer expires unused
 
     def _ask(self, key: tuple[str, Any], kind: str, **fields: Any) -> defer.Deferred[dict[str, Any]]:
         """Send a message and wait up to ``request_timeout`` for the answer keyed ``key``."""
@@ -158,18 +173,22 @@ class Pilot:
         """Finish the current job, then leave the loop."""
         self._stopping = True
 
-    def give_back(self) -> defer.Deferred[Any]:
-        """Leave the loop now: the running job (if any) is killed and handed back.
+    def give_back(self, reason: str = "the pilot is shutting down") -> defer.Deferred[Any]:
+        """Leave the loop now: the job being fetched or run (if any) is handed back.
 
-        Fires when the loop has ended, i.e. after the manager answered the
-        ``done`` that gives the job back (or that answer timed out), so a
-        shutdown trigger returning this keeps the broker connection up until then.
+        A running command is killed.  Fires when the loop has ended, i.e.
+        after the manager answered the ``release`` that gives the job back
+        (or that answer timed out), so a shutdown trigger returning this
+        keeps the broker connection up until then.
         """
         self._stopping = True
-        if self._command is not None and self._command_lease is not None:
-            log.info("giving job {lease} back", lease=self._command_lease)
-            self._given_back.add(self._command_lease)
-            self._command.kill(signal.SIGKILL)
+        self._give_back_reason = reason
+        lease_id = self._releasable
+        if lease_id is not None and lease_id not in self._given_back:
+            log.info("giving lease {lease} back: {reason}", lease=lease_id, reason=reason)
+            self._given_back[lease_id] = reason
+            if self._command is not None and self._command_lease == lease_id:
+                self._command.kill(signal.SIGKILL)
         if self._loop is None or self._loop.called:
             return defer.succeed(None)
         finished: defer.Deferred[Any] = defer.Deferred()
@@ -177,9 +196,9 @@ class Pilot:
         return finished
 
     def _slice_over(self) -> None:
-        if self._command is not None:
+        if self._releasable is not None:
             log.info("time slice over while a job runs")
-            self.give_back()
+            self.give_back("its time slice ended")
 
     def _remaining(self) -> float | None:
         return None if self.until is None else self.until - self.clock.seconds()
@@ -228,6 +247,12 @@ class Pilot:
                 ("seq", self._seq), "want_job", seq=self._seq, capabilities=caps.to_dict()
             )
             if answer is not None and answer["type"] == "offer":
+                if self._stopping:  # stop() or give_back() came while we asked
+                    yield self._ask_until_answered(
+                        1, "release", job_id=answer["job_id"],
+                        lease_id=answer["lease_id"], reason="the pilot is stopping",
+                    )  # fmt: skip
+                    break
                 yield self._take(answer)
                 idle_since = self.clock.seconds()
                 continue
@@ -247,24 +272,35 @@ class Pilot:
             reply = yield self._ask(("lease", lease_id), "accept", job_id=job_id, lease_id=lease_id)
             if reply is not None:
                 break
-        if reply is None or reply["type"] != "accepted":
-            log.info("offer of {job} lost: {reply}", job=job_id, reply=reply and reply.get("reason"))
+        if reply is None:  # the manager may hold our accept: give the lease back, spare the attempt
+            log.info("offer of {job}: no answer to accept; releasing it", job=job_id)
+            yield self._ask_until_answered(
+                3, "release", job_id=job_id, lease_id=lease_id,
+                reason="no answer to accept",
+            )  # fmt: skip
+            return
+        if reply["type"] != "accepted":
+            log.info("offer of {job} lost: {reply}", job=job_id, reply=reply.get("reason"))
             return
         job_dir = os.path.join(self.work_dir, f"job-{job_id}-{lease_id[:8]}")
         os.makedirs(job_dir, exist_ok=True)
         beat = task.LoopingCall(self._heartbeat, job_id, lease_id)
         beat.clock = self.clock
         beat.start(float(offer["heartbeat_interval"]), now=False)
+        self._releasable = lease_id
+        if self._give_back_reason is not None:  # give_back() came while we waited for "accepted"
+            self._given_back[lease_id] = self._give_back_reason
+        given_back = None
         try:
-            yield self._fetch_inputs(offer, job_dir)
-            result = yield self._execute(offer, job_dir)
+            if lease_id not in self._given_back:
+                yield self._fetch_inputs(offer, job_dir)
+            if lease_id not in self._given_back:
+                result = yield self._execute(offer, job_dir)
+            self._releasable = None  # from here on the result is worth reporting
             if lease_id in self._aborted:
                 raise _LeaseLost("aborted while running")
-            if lease_id in self._given_back:
-                result = dict(result, exit_code=None,
-                              error="given back by the pilot: its time slice ended")
-                outputs = {}
-            else:
+            given_back = self._given_back.get(lease_id)
+            if given_back is None:
                 outputs = yield self._upload_outputs(offer, job_dir)
         except _LeaseLost as error:
             log.warn("attempt at {job} dropped: {error}", job=job_id, error=error)
@@ -281,9 +317,20 @@ class Pilot:
         finally:
             if beat.running:
                 beat.stop()
+            self._releasable = None
             self._aborted.discard(lease_id)
-            self._given_back.discard(lease_id)
-        yield self._report(job_id, lease_id, result, outputs)
+            # a transfer or pilot failure of a job given back still gives it back
+            given_back = self._given_back.pop(lease_id, None)
+        if given_back is not None:
+            yield self._ask_until_answered(
+                REPORT_TRIES, "release", job_id=job_id, lease_id=lease_id,
+                reason=given_back,
+            )  # fmt: skip
+        else:
+            yield self._ask_until_answered(
+                REPORT_TRIES, "done", job_id=job_id, lease_id=lease_id,
+                result=result, outputs=outputs,
+            )  # fmt: skip
         shutil.rmtree(job_dir, ignore_errors=True)
 
     def _heartbeat(self, job_id: str, lease_id: str) -> None:
@@ -363,17 +410,16 @@ class Pilot:
         return outputs
 
     @defer.inlineCallbacks
-    def _report(self, job_id: str, lease_id: str, result: dict[str, Any], outputs: dict) -> Any:
-        for _ in range(12):
-            reply = yield self._ask(
-                ("lease", lease_id), "done", job_id=job_id, lease_id=lease_id,
-                result=result, outputs=outputs,
-            )  # fmt: skip
+    def _ask_until_answered(self, tries: int, kind: str, **fields: Any) -> Any:
+        """Send ``kind`` about a lease until the manager answers (a restart may eat some)."""
+        job_id = fields["job_id"]
+        for _ in range(tries):
+            reply = yield self._ask(("lease", fields["lease_id"]), kind, **fields)
             if reply is not None:
-                log.info("job {job}: {answer} {reason}", job=job_id, answer=reply["type"],
-                         reason=reply.get("reason", ""))
+                log.info("job {job}: {kind} -> {answer} {reason}", job=job_id, kind=kind,
+                         answer=reply["type"], reason=reply.get("reason", ""))
                 return reply["type"]
-        log.warn("job {job}: no answer to done; the lease will expire", job=job_id)
+        log.warn("job {job}: no answer to {kind}; the lease will expire", job=job_id, kind=kind)
         return None
 
 

@@ -1,4 +1,5 @@
-"""A job still running when the pilot's slice ends is killed and given back, not left to expire.
+"""A job still running when the pilot's slice ends is killed and its lease released
+(no attempt spent), not left to expire nor reported as a failure.
 
 A real command on a private reactor; the slice's end is a ``task.Clock`` advance
 and the broker session the recorder of ``test_pilot_loop``.
@@ -33,7 +34,7 @@ def alive(pid: int) -> bool:
         return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_a_job_running_at_the_end_of_the_slice_is_killed_and_reported_given_back(tmp_path):
+def test_a_job_running_at_the_end_of_the_slice_is_killed_and_its_lease_released(tmp_path):
     reactor, clock, session = SelectReactor(), Clock(), RecordingSession()
     caps = Capabilities(cores=1, memory_mb=512, max_run_time=3600)
     pilot = Pilot(reactor, session, "vm1", str(tmp_path), caps, until=60.0,
@@ -55,18 +56,19 @@ def test_a_job_running_at_the_end_of_the_slice_is_killed_and_reported_given_back
         (tmp_path / "x.txt").write_text("never uploaded")
 
         clock.advance(60)  # the slice ends: the job is killed at once, not after max_run_time
-        spin(reactor, lambda: session.sent[-1]["type"] == "done")
-        report = session.sent[-1]
-        assert report["lease_id"] == "l1" and report["outputs"] == {}
-        assert report["result"]["exit_code"] is None
-        assert report["result"]["error"] == "given back by the pilot: its time slice ended"
-        assert report["result"]["signal"] == 9
+        spin(reactor, lambda: session.sent[-1]["type"] == "release")
+        assert session.sent[-1] == {"copilot": 1, "type": "release", "job_id": "j1",
+                                    "lease_id": "l1", "reason": "its time slice ended"}
         assert not alive(pid)
+        assert "done" not in [s["type"] for s in session.sent]
 
-        session.reply("vm1", "done_ack", job_id="j1", lease_id="l1")
+        clock.advance(5)  # no answer (a manager restart): the release is sent again
+        assert [s["type"] for s in session.sent].count("release") == 2
+        session.reply("vm1", "released", job_id="j1", lease_id="l1")
         spin(reactor, lambda: done.called)
         assert done.result == {"jobs_run": 1, "cpu_time": pilot.cpu_time}
         assert not [s for s in session.sent if s["type"] == "want_job" and s is not want]
+        assert not [n for n in os.listdir(tmp_path) if n.startswith("job-")]  # its dir is gone
         assert not clock.getDelayedCalls(), "timers left behind"
     finally:
         for reader in list(reactor.getReaders()):

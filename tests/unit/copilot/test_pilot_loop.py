@@ -90,8 +90,9 @@ def test_an_offer_that_is_not_confirmed_is_dropped(tmp_path):
     assert pilot.jobs_run == 0
 
 
-def test_an_unanswered_accept_is_sent_again_before_the_offer_is_dropped(tmp_path):
-    """The manager may have taken the accept and died before answering (a restart)."""
+def test_an_unanswered_accept_is_sent_again_then_the_lease_released(tmp_path):
+    """The manager may have taken the accept and died before answering (a restart):
+    the lease is released so that, if it did, the job is not left to cost an attempt."""
     clock = Clock()
     pilot, session = make_pilot(tmp_path, clock, exit_when_idle=100)
     pilot.run()
@@ -104,5 +105,43 @@ def test_an_unanswered_accept_is_sent_again_before_the_offer_is_dropped(tmp_path
     assert session.sent[-2:] == [accept, accept]
     clock.advance(5)
     assert session.sent[-1] == accept  # a third time
-    clock.advance(5)  # still nothing: the offer is dropped
-    assert session.sent[-1]["type"] == "want_job" and session.sent.count(accept) == 3
+    clock.advance(5)  # still nothing: the lease is given back
+    release = dict(accept, type="release", reason="no answer to accept")
+    assert session.sent[-1] == release and session.sent.count(accept) == 3
+    session.reply("vm1", "released", job_id="j1", lease_id="L1")
+    assert session.sent[-1]["type"] == "want_job"
+    assert pilot.jobs_run == 0
+
+
+def test_an_offer_answering_a_request_no_longer_waited_for_is_released(tmp_path):
+    clock = Clock()
+    pilot, session = make_pilot(tmp_path, clock, exit_when_idle=100)
+    pilot.run()
+    first = session.sent[-1]
+    clock.advance(5)  # no answer in time: asked again with a new seq
+    second = session.sent[-1]
+    assert second["type"] == "want_job" and second["seq"] == first["seq"] + 1
+    session.reply("vm1", "offer", seq=first["seq"], job_id="j1", lease_id="L1", lease_token="t",
+                  job={"argv": ["true"], "outputs": [], "max_run_time": 10}, inputs=[],
+                  http_url="http://127.0.0.1:9", heartbeat_interval=1)  # fmt: skip
+    assert session.sent[-1] == {"copilot": 1, "type": "release", "job_id": "j1",
+                                "lease_id": "L1",
+                                "reason": "offer came after the pilot stopped waiting"}
+    assert "accept" not in [m["type"] for m in session.sent]
+
+
+def test_an_offer_arriving_after_stop_is_released_and_the_loop_ends(tmp_path):
+    clock = Clock()
+    pilot, session = make_pilot(tmp_path, clock)
+    done = pilot.run()
+    ask = session.sent[-1]
+    pilot.stop()
+    session.reply("vm1", "offer", seq=ask["seq"], job_id="j1", lease_id="L1", lease_token="t",
+                  job={"argv": ["true"], "outputs": [], "max_run_time": 10}, inputs=[],
+                  http_url="http://127.0.0.1:9", heartbeat_interval=1)  # fmt: skip
+    assert session.sent[-1] == {"copilot": 1, "type": "release", "job_id": "j1",
+                                "lease_id": "L1", "reason": "the pilot is stopping"}
+    assert not done.called
+    session.reply("vm1", "released", job_id="j1", lease_id="L1")
+    assert done.called and done.result == {"jobs_run": 0, "cpu_time": 0.0}
+    assert "accept" not in [m["type"] for m in session.sent]
