@@ -115,6 +115,23 @@ class PilotConfig:
     request_timeout: float = 10.0
 
 
+def _stop_reactor(reactor: object) -> None:
+    """Stop the reactor unless a shutdown is already under way.
+
+    On SIGTERM the reactor is stopping while the pilot gives its job back
+    (a shutdown trigger waits for that), and the loop's end comes after:
+    a second ``stop()`` would raise ReactorNotRunning into the pilot's log.
+    ``reactor.running`` stays true until the shutdown's "during" phase, so
+    it cannot tell; the error itself can.
+    """
+    from twisted.internet.error import ReactorNotRunning
+
+    try:
+        reactor.stop()  # type: ignore[attr-defined]
+    except ReactorNotRunning:
+        pass
+
+
 def run_pilot(config: PilotConfig) -> int:
     """Run the pilot loop until the slice ends, it idles out, or SIGTERM."""
     from twisted.internet import reactor
@@ -154,7 +171,7 @@ def run_pilot(config: PilotConfig) -> int:
     done = pilot.run()
     done.addCallbacks(finished, failed)
     done.addBoth(lambda _: session.stop())
-    done.addBoth(lambda _: reactor.stop())
+    done.addBoth(lambda _: _stop_reactor(reactor))
     reactor.addSystemEventTrigger("before", "shutdown", pilot.stop)
     reactor.run()
     return 0 if outcome else 1
