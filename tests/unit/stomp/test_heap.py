@@ -51,10 +51,12 @@ def _faults(mode: str) -> int:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
 def test_freed_chunks_are_reused_without_page_faults():
     plain, reused = _faults("plain"), _faults("reuse")
-    # Without it glibc maps and unmaps many of the 64-page chunks; with it the
-    # warmed-up heap serves all 400 (a few pages of slack).
-    assert plain >= 400 * 4, plain
+    # Without it glibc maps and unmaps many of the 64-page chunks (about 4,300
+    # faults on a quiet machine, 860-1,100 under load, when the threads interleave
+    # differently); with it the warmed-up heap serves all 400 chunks with fewer
+    # faults than chunks (0-64 seen).
     assert reused < 400, reused
+    assert plain > 2 * reused, (plain, reused)
 
 
 def test_bad_size_is_refused_with_the_value():
