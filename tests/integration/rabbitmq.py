@@ -17,6 +17,7 @@ on purpose: a fixed set would be shared by concurrent sessions.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import socket
@@ -26,12 +27,13 @@ from typing import Any
 
 import pytest
 
-from vmcontroller.broker.rabbitmq import permissions_for
+from vmcontroller.broker import Credentials, generate_credentials
+from vmcontroller.broker.rabbitmq import delete_user, permissions_for, provision, vm_queues
 from vmcontroller.destinations import Role
 
 __all__ = [
-    "RABBIT_STOMP", "RabbitBroker", "each_broker", "rabbit_session", "rabbit_unavailable",
-    "rabbitmqctl",
+    "RABBIT_STOMP", "RabbitBroker", "each_broker", "provisioned_vm_pair", "rabbit_session",
+    "rabbit_unavailable", "rabbitmqctl",
 ]  # fmt: skip
 
 RABBIT_STOMP = ("127.0.0.1", 61613)
@@ -54,6 +56,28 @@ def rabbit_unavailable() -> str | None:
         return (f"RabbitMQ STOMP is not listening on 127.0.0.1:61613 ({error}); "
                 "scripts/bootstrap.sh --services starts it")  # fmt: skip
     return None
+
+
+@contextlib.contextmanager
+def provisioned_vm_pair(prefix: str) -> Iterator[tuple[Credentials, str, str]]:
+    """Two VMs on vhost ``/`` made as a deployment makes them (:func:`provision`, per-VM
+    users and permissions): ``(credentials, vm_a, vm_b)``; their users and queues are
+    removed afterwards.  Skips the test when RabbitMQ is not there."""
+    reason = rabbit_unavailable()
+    if reason:
+        pytest.skip(reason)
+    tag = secrets.token_hex(3)
+    vm_a, vm_b = f"{prefix}{tag}a", f"{prefix}{tag}b"
+    creds = generate_credentials([vm_a, vm_b], host_login=f"host-{prefix}{tag}")
+    try:
+        provision(creds)
+        yield creds, vm_a, vm_b
+    finally:
+        for login in creds.values():
+            delete_user(login.login)
+        for queue in vm_queues(vm_a) + vm_queues(vm_b):
+            subprocess.run(["rabbitmqctl", "delete_queue", queue],
+                           capture_output=True, timeout=60, check=False)
 
 
 def _binary(text: str) -> str:

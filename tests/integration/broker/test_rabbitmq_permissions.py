@@ -2,61 +2,27 @@
 
 from __future__ import annotations
 
-import secrets
-import shutil
-import socket
-import subprocess
 import time
 
 import pytest
 
+from tests.integration.rabbitmq import RABBIT_STOMP, provisioned_vm_pair
 from vmcontroller import destinations
-from vmcontroller.broker import generate_credentials
 from vmcontroller.broker.blocking_client import BlockingClient, BrokerRefused
-from vmcontroller.broker.rabbitmq import delete_user, provision
 from vmcontroller.stomp.codec import Frame
 
 pytestmark = pytest.mark.rabbitmq
 
-RABBITMQ_STOMP = ("127.0.0.1", 61613)
-
-
-def rabbitmq_available() -> bool:
-    if shutil.which("rabbitmqctl") is None:
-        return False
-    try:
-        socket.create_connection(RABBITMQ_STOMP, timeout=2).close()
-    except OSError:
-        return False
-    return True
-
 
 @pytest.fixture(scope="module")
 def rabbit_credentials():
-    if not rabbitmq_available():
-        pytest.skip("RabbitMQ with the STOMP plugin is not running on 127.0.0.1:61613")
-    tag = secrets.token_hex(3)
-    vm_a, vm_b = f"brokertest{tag}a", f"brokertest{tag}b"
-    creds = generate_credentials([vm_a, vm_b], host_login=f"host-brokertest{tag}")
-    try:
-        provision(creds)
-        yield creds, vm_a, vm_b
-    finally:
-        for login in creds.values():
-            delete_user(login.login)
-        for vm in (vm_a, vm_b):
-            for queue in (destinations.to_guest(vm), destinations.to_host(vm)):
-                subprocess.run(
-                    ["rabbitmqctl", "delete_queue", queue.removeprefix("/queue/")],
-                    capture_output=True,
-                    timeout=60,
-                    check=False,
-                )
+    with provisioned_vm_pair("brokertest") as pair:
+        yield pair
 
 
 def outcome(login, action: str, destination: str) -> str:
     """'ok' or 'refused': errors may come after the frame, so wait for a late RECEIPT."""
-    with BlockingClient(RABBITMQ_STOMP, "1.2", timeout=5) as client:
+    with BlockingClient(RABBIT_STOMP, "1.2", timeout=5) as client:
         client.connect(login.login, login.passcode, host="/")
         try:
             if action == "subscribe":
@@ -99,7 +65,7 @@ def test_vm_users_are_isolated(rabbit_credentials):
 def test_forged_user_id_is_refused(rabbit_credentials):
     creds, vm_a, _ = rabbit_credentials
     a, host = creds.vm_login(vm_a), creds.host_login()
-    with BlockingClient(RABBITMQ_STOMP, "1.2", timeout=5) as agent:
+    with BlockingClient(RABBIT_STOMP, "1.2", timeout=5) as agent:
         agent.connect(a.login, a.passcode, host="/")
         agent.send(destinations.to_host(vm_a), b"forged", {"user-id": host.login})
         # an accepted message would leave us waiting: TimeoutError fails the test

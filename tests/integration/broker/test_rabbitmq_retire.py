@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 
 import pytest
 
-from tests.integration.broker.test_rabbitmq_permissions import RABBITMQ_STOMP, rabbitmq_available
+from tests.integration.rabbitmq import RABBIT_STOMP, provisioned_vm_pair
 from vmcontroller import destinations
 from vmcontroller.broker import generate_credentials
 from vmcontroller.broker.blocking_client import BlockingClient, BrokerRefused
-from vmcontroller.broker.rabbitmq import delete_user, provision, retire_vm, vm_queues
+from vmcontroller.broker.rabbitmq import retire_vm, vm_queues
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -35,32 +34,19 @@ def _users() -> set[str]:
 
 @pytest.fixture(scope="module")
 def retiring_vm():
-    if not rabbitmq_available():
-        pytest.skip("RabbitMQ with the STOMP plugin is not running on 127.0.0.1:61613")
-    tag = secrets.token_hex(3)
-    vm, other = f"retire{tag}a", f"retire{tag}b"
-    creds = generate_credentials([vm, other], host_login=f"host-retire{tag}")
-    try:
-        provision(creds)
-        yield creds, vm, other
-    finally:
-        for login in creds.values():
-            delete_user(login.login)
-        for queue in vm_queues(vm) + vm_queues(other):
-            subprocess.run(
-                ["rabbitmqctl", "delete_queue", queue], capture_output=True, timeout=60, check=False
-            )
+    with provisioned_vm_pair("retire") as pair:
+        yield pair
 
 
 def _use_queues(login, vm: str, host) -> None:
     """What a running VM leaves behind: both queues, with a message in each."""
-    with BlockingClient(RABBITMQ_STOMP, "1.2", timeout=5) as agent:
+    with BlockingClient(RABBIT_STOMP, "1.2", timeout=5) as agent:
         agent.connect(login.login, login.passcode, host="/")
         agent.send(destinations.to_host(vm), b"reply nobody read", {"user-id": login.login})
         agent.subscribe(destinations.to_guest(vm), "s", ack="client")
         agent.send(destinations.to_host(vm), b"sync", {"user-id": login.login, "receipt": "r"})
         assert agent.receive(timeout=5).command == "RECEIPT"
-    with BlockingClient(RABBITMQ_STOMP, "1.2", timeout=5) as client:
+    with BlockingClient(RABBIT_STOMP, "1.2", timeout=5) as client:
         client.connect(host.login, host.passcode, host="/")
         client.send(destinations.to_guest(vm), b"request", {"receipt": "r"})
         assert client.receive(timeout=5).command == "RECEIPT"
@@ -82,7 +68,7 @@ def test_retiring_a_vm_deletes_its_user_and_queues(retiring_vm):
     users = _users()
     assert login.login not in users and creds.vm_login(other).login in users
     with pytest.raises((BrokerRefused, ConnectionError)):
-        with BlockingClient(RABBITMQ_STOMP, "1.2", timeout=5) as agent:
+        with BlockingClient(RABBIT_STOMP, "1.2", timeout=5) as agent:
             agent.connect(login.login, login.passcode, host="/")
     retire_vm(login)  # again: nothing left to delete, no error
 
