@@ -9,22 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
+from tests.integration.copilot.conftest import wait_for
 from tests.integration.copilot_server import CopilotServer
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout} s")
-        time.sleep(0.1)
 
 
 def alive(pid: int) -> bool:

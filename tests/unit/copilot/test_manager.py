@@ -6,33 +6,17 @@ import hashlib
 import io
 
 import pytest
-from twisted.internet.task import Clock
 
-from vmcontroller.copilot.lease import LeaseRejected, LeaseTimes
-from vmcontroller.copilot.manager import JobManager, NotFound
+from vmcontroller.copilot.lease import LeaseRejected
+from vmcontroller.copilot.manager import NotFound
 from vmcontroller.copilot.spec import Capabilities, JobSpec, JobState, SpecError
-from vmcontroller.copilot.storage import JobStorage
-from vmcontroller.copilot.store import open_store
 
 CAPS = Capabilities(cores=4, memory_mb=4096, max_run_time=3600)
 
 
 @pytest.fixture
-def clock():
-    clock = Clock()
-    clock.advance(1000)
-    return clock
-
-
-@pytest.fixture
-def manager(tmp_path, clock):
-    store = open_store(f"sqlite:///{tmp_path}/jobs.db")
-    storage = JobStorage(str(tmp_path / "files"))
-    manager = JobManager(store, storage, clock, LeaseTimes(offer_ttl=5, lease_ttl=20, grace=5))
-    manager.start()
-    yield manager
-    manager.stop()
-    store.close()
+def manager(make_manager):
+    return make_manager()
 
 
 def _upload(manager, job, name: str, data: bytes) -> dict:
