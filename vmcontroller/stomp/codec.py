@@ -32,6 +32,8 @@ import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
+from vmcontroller.stomp.heap import unfilled_bytearray
+
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_HEADER_BYTES",
@@ -375,7 +377,7 @@ class FrameParser:
         start = self._body_start
         if length is None or length < DIRECT_BODY_SIZE or len(buf) - start > length:
             return False  # small, unannounced, or already complete with its NUL
-        body = bytearray(length)
+        body = unfilled_bytearray(length)  # filled below and by the next reads
         have = len(buf) - start
         with memoryview(buf) as view:
             body[:have] = view[start:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import platform
 import subprocess
 import sys
@@ -9,14 +10,14 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from vmcontroller.stomp.heap import reuse_large_buffers
+from vmcontroller.stomp.heap import freeze_startup_objects, reuse_large_buffers, unfilled_bytearray
 
 # One thread allocates chunk-sized buffers and another frees them, 16 in
 # flight, as the broker's reading and writing threads do; prints the minor
 # page faults of 400 chunks after a warm-up.  With "reuse" the helper runs first.
 PROBE = """
 import queue, resource, sys, threading
-from vmcontroller.stomp.heap import reuse_large_buffers
+from vmcontroller.stomp.heap import freeze_startup_objects, reuse_large_buffers, unfilled_bytearray
 if sys.argv[1] == "reuse":
     assert reuse_large_buffers()
 todo, handoff, done = queue.Queue(), queue.Queue(maxsize=16), queue.Queue()
@@ -62,3 +63,24 @@ def test_freed_chunks_are_reused_without_page_faults():
 def test_bad_size_is_refused_with_the_value():
     with pytest.raises(ValueError, match="positive number of bytes, got 0"):
         reuse_large_buffers(0)
+
+
+def test_unfilled_bytearray_is_a_writable_bytearray_of_that_size():
+    for size in (0, 1, 256 * 1024):
+        buffer = unfilled_bytearray(size)
+        assert type(buffer) is bytearray and len(buffer) == size
+        buffer[:] = b"\x5a" * size  # writable in full, and stays that size
+        assert buffer == b"\x5a" * size
+        with memoryview(buffer) as view:
+            assert view.nbytes == size and not view.readonly
+
+
+def test_freeze_startup_objects_exempts_live_objects_from_collection():
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        kept = [[] for _ in range(1000)]  # tracked containers alive now
+        freeze_startup_objects()
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.unfreeze()  # give pytest's own objects back to the collector
