@@ -12,7 +12,7 @@ import pytest
 from twisted.internet.protocol import ClientFactory
 
 from tests.unit.stomp.test_sockets import _ThreadReactor
-from vmcontroller.stomp.client import StompClientProtocol, StompConfig
+from vmcontroller.stomp.client import HEAD_READ_SIZE, StompClientProtocol, StompConfig
 from vmcontroller.stomp.codec import Frame, FrameParser, encode_frame
 
 
@@ -94,3 +94,33 @@ def test_large_sends_are_ordered_and_complete(wire):
         frames += parser.feed(peer.recv(1 << 20))
     assert [bytes(f.body) for f in frames] == bodies
     assert queued  # the kernel took only part at some point: the rest was queued
+
+
+def test_bodies_after_a_full_wake_up_are_received_in_place(wire):
+    """A wake-up ending on a complete body is followed by a header-block read.
+
+    Twisted's read budget (1 MiB) ends a wake-up after a few 256 KiB bodies;
+    a full-size read at the start of the next one went through ``feed``
+    (copied into the parser's buffer, then out of it into the body).
+    """
+    hr, proto, peer = wire
+    got: queue.Queue = queue.Queue()
+    sub = hr.call(proto.subscribe, "/queue/q", lambda frame: got.put(bytes(frame.body)))
+
+    def frame(n: int) -> bytes:
+        headers = {"subscription": sub, "destination": "/queue/q", "message-id": str(n)}
+        return encode_frame(Frame("MESSAGE", headers, _body(n, 256 * 1024)), "1.2")
+
+    peer.sendall(frame(0))
+    assert got.get(timeout=10) == _body(0, 256 * 1024)
+    parser = proto._parser
+    fed = []
+    real = parser.feed
+    parser.feed = lambda data: fed.append(len(data)) or real(data)
+    count = 16  # 4 MiB: four full wake-ups at least
+    peer.sendall(b"".join(frame(n) for n in range(1, count + 1)))
+    for n in range(1, count + 1):
+        assert got.get(timeout=10) == _body(n, 256 * 1024)
+    # Header blocks, NULs and the first bytes of each body only (8 KiB reads);
+    # the rest of every body went through recv_into.
+    assert sum(fed) <= (count + 1) * HEAD_READ_SIZE, fed  # + the last NUL
