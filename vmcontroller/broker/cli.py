@@ -16,7 +16,7 @@ import threading
 from vmcontroller.broker.credentials import CredentialsError, generate_credentials
 from vmcontroller.broker.server import BrokerConfig, EmbeddedBroker
 from vmcontroller.stomp.codec import DEFAULT_MAX_FRAME_SIZE
-from vmcontroller.stomp.heap import reuse_large_buffers
+from vmcontroller.stomp.heap import freeze_startup_objects, reuse_large_buffers
 
 __all__ = ["build_parser", "main", "parse_listen"]
 
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    freeze_startup_objects()  # set up: spare the GC these long-lived objects
     print(f"listening on {host}:{port}", flush=True)
     try:
         stop.wait()

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vmcontroller.guest.agent import Agent
     from vmcontroller.stomp.client import StompConfig, StompSession
-    from vmcontroller.stomp.heap import reuse_large_buffers
+    from vmcontroller.stomp.heap import freeze_startup_objects, reuse_large_buffers
 
     reuse_large_buffers()  # file chunks reuse heap pages instead of fresh mmaps
 
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     reactor.callWhenRunning(agent.start)
+    reactor.callWhenRunning(freeze_startup_objects)  # set up: spare the GC these objects
     reactor.callWhenRunning(signal.signal, signal.SIGTERM, shutdown)
     reactor.callWhenRunning(signal.signal, signal.SIGINT, shutdown)
     reactor.run(installSignalHandlers=True)
