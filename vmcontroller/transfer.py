@@ -312,6 +312,12 @@ class TransferSender:
         now on); the agent opens it confined to its work directory, so a
         symlink swapped in later cannot redirect the read.  ``path`` then
         only names it in messages.
+    :param when_drained: ``when_drained(callback)``: True if the connection
+        takes a chunk straight to the kernel now, else False and
+        ``callback()`` once it does (see
+        :meth:`vmcontroller.stomp.client.StompSession.when_drained`).  A chunk
+        is sent only then, within the window: queued behind others in
+        Twisted's buffer it would be copied and sent in smaller pieces.
     :attr done: fires with a :class:`TransferResult` on :class:`TransferDone`,
         errbacks with :class:`TransferError`.
     """
@@ -329,6 +335,7 @@ class TransferSender:
         give_up_after: float = DEFAULT_GIVE_UP_AFTER,
         digest: Digest | None = None,
         fd: int | None = None,
+        when_drained: Callable[[Callable[[], None]], bool] | None = None,
     ) -> None:
         if chunk_size < 1 or window < 1:
             raise ValueError(f"chunk_size ({chunk_size}) and window ({window}) must be >= 1")
@@ -350,6 +357,8 @@ class TransferSender:
         self._next = 0
         self._started = False
         self._end_sent = False
+        self._when_drained = when_drained
+        self._awaiting_drain = False  # a when_drained callback is pending
         #: Payload bytes sent so far, resends included (how much resuming saved).
         self.bytes_sent = 0
         self._watchdog = _Watchdog(clock, sync_after, give_up_after, self.resync, self._give_up)
@@ -423,6 +432,7 @@ class TransferSender:
             self._fail(ErrorCode.BAD_REQUEST, f"cannot resume at offset {offset} of {self.size}")
             return
         self._started = True
+        self._awaiting_drain = False  # a wait from a lost connection never ends
         self._watchdog.progress()
         self._acked = max(self._acked, offset)
         self._next = offset
@@ -434,11 +444,18 @@ class TransferSender:
         self._end_pending = False
         self._pump()
 
+    def _drained(self) -> None:
+        self._awaiting_drain = False
+        self._pump()
+
     def _pump(self) -> None:
-        if not self._started or self.done.called:
+        if not self._started or self.done.called or self._awaiting_drain:
             return
         limit = self._acked + self.window * self.chunk_size
         while self._next < self.size and self._next < limit:
+            if self._when_drained is not None and not self._when_drained(self._drained):
+                self._awaiting_drain = True
+                return
             offset = self._next
             chunk = os.pread(self._fd, min(self.chunk_size, self.size - offset), offset)
             if not chunk:

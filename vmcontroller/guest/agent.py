@@ -488,6 +488,7 @@ class Agent:
                 chunk_size=max(1024, min(message.chunk_size, 4 * 1024 * 1024)),
                 digest=digest_for(self.clock),
                 fd=open_confined(self.work_dir, message.path),
+                when_drained=getattr(self.session, "when_drained", None),  # stand-ins lack it
             )
         except PathRefused as problem:
             self._refuse(tid, ErrorCode.PATH_REFUSED, str(problem))

@@ -362,6 +362,7 @@ class HostController:
             self.window,
             sync_after=self.transfer_sync_after,
             digest=digest_for(self.clock),
+            when_drained=getattr(self.session, "when_drained", None),  # stand-ins lack it
         )
         self.senders[tid] = sender
         self._transfer_requests[seq] = tid

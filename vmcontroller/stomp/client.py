@@ -157,6 +157,8 @@ class StompClientProtocol(Protocol):
         # The last read completed a large body: the next read, even in a
         # later wake-up, takes only a header block (see _read).
         self._after_body = False
+        # Callbacks waiting for Twisted's write buffer to empty (when_drained).
+        self._drain_waiters: list[Callable[[], None]] = []
 
     # --- connection life -----------------------------------------------------
 
@@ -277,6 +279,7 @@ class StompClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._lost = True
+        self._drain_waiters.clear()  # their owners resync on the next connection
         receipts, self._receipts = self._receipts, {}
         for confirmed in receipts.values():
             confirmed.errback(Failure(ConnectionError("connection lost before the receipt")))
@@ -415,6 +418,37 @@ class StompClientProtocol(Protocol):
         write_parts_now(self.transport, (head, *parts, b"\x00"))
         self._last_sent = self.clock.seconds()
 
+    def when_drained(self, callback: Callable[[], None]) -> bool:
+        """True if Twisted holds no unsent bytes; else False, and ``callback()`` once it does.
+
+        A file sender paces itself with this: a chunk written while
+        Twisted's buffer is empty goes to the kernel with one ``sendmsg``,
+        a chunk queued behind is copied (Twisted joins its buffer, then
+        sends it 128 KiB per syscall).  Waiting for the drain keeps the
+        window in the kernel's socket buffer instead.  ``callback`` is
+        dropped if the connection is lost first.
+        """
+        if not _has_backlog(self.transport) or self._lost:
+            return True
+        self._drain_waiters.append(callback)
+        if len(self._drain_waiters) == 1:
+            # A pull producer: Twisted calls resumeProducing whenever its
+            # buffer has just emptied (and once now).
+            self.transport.registerProducer(_DrainNotice(self), False)
+        return False
+
+    def _drained(self) -> None:
+        """From the transport (via _DrainNotice): call the waiters if the buffer is empty."""
+        if _has_backlog(self.transport) and not self._lost:
+            return  # the call made at registration, or more was written meanwhile
+        self.transport.unregisterProducer()
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for callback in waiters:
+            try:
+                callback()
+            except Exception:
+                log.failure("drain callback failed")
+
     def subscribe(
         self,
         destination: str,
@@ -500,6 +534,24 @@ class StompClientProtocol(Protocol):
         if self.is_connected:
             self._write(Frame("DISCONNECT", {}))
         self.transport.loseConnection()
+
+
+def _has_backlog(transport: Any) -> bool:
+    """Whether Twisted's buffers of ``transport`` hold bytes not yet in the kernel."""
+    return bool(getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataBuffer", ()))
+
+
+class _DrainNotice:
+    """A pull producer whose only job is to hear that the transport's buffer emptied."""
+
+    def __init__(self, protocol: StompClientProtocol) -> None:
+        self.protocol = protocol
+
+    def resumeProducing(self) -> None:
+        self.protocol._drained()
+
+    def stopProducing(self) -> None:
+        pass  # connection lost: connectionLost drops the waiters
 
 
 class _SessionFactory(Factory):
@@ -588,6 +640,12 @@ class StompSession:
         if self.protocol is None:
             raise NotConnectedError(f"not connected to the broker; cannot send to {destination}")
         return self.protocol.send(destination, body, headers, receipt)
+
+    def when_drained(self, callback: Callable[[], None]) -> bool:
+        """See :meth:`StompClientProtocol.when_drained`; True while disconnected."""
+        if self.protocol is None:
+            return True  # sends fail now anyway; the owner resyncs on reconnect
+        return self.protocol.when_drained(callback)
 
     @property
     def is_connected(self) -> bool:

@@ -124,3 +124,28 @@ def test_bodies_after_a_full_wake_up_are_received_in_place(wire):
     # Header blocks, NULs and the first bytes of each body only (8 KiB reads);
     # the rest of every body went through recv_into.
     assert sum(fed) <= (count + 1) * HEAD_READ_SIZE, fed  # + the last NUL
+
+
+def test_when_drained_reports_once_twisted_has_sent_everything(wire):
+    hr, proto, peer = wire
+    assert hr.call(proto.when_drained, lambda: None) is True  # nothing queued
+    drained: queue.Queue = queue.Queue()
+    body = _body(1, 1024 * 1024)
+
+    def flood():
+        """More than the socket buffers hold, so Twisted queues the rest."""
+        for _ in range(16):
+            proto.send("/queue/q", body)
+        backlog = len(proto.transport.dataBuffer) + proto.transport._tempDataLen
+        return backlog, proto.when_drained(lambda: drained.put(proto.transport.dataBuffer))
+
+    backlog, now = hr.call(flood)
+    assert backlog > 0 and now is False
+    assert drained.empty()
+    parser = FrameParser("1.2")
+    frames = []
+    while len(frames) < 16:
+        frames += parser.feed(peer.recv(1 << 20))
+    assert drained.get(timeout=10) == b""  # called once Twisted's buffer was empty
+    assert all(bytes(f.body) == body for f in frames)
+    assert proto.transport.producer is None  # its helper producer is gone

@@ -339,3 +339,46 @@ def test_transfer_with_threaded_digests_on_both_sides(tmp_path):
     assert _result(link.sender.done).sha256 == expected
     assert _result(link.receiver.done).sha256 == expected
     assert link.target.read_bytes() == link.source.read_bytes()
+
+
+def test_sender_waits_for_the_connection_to_drain(tmp_path):
+    """With when_drained, a chunk goes out only when the connection takes it at once."""
+    link = Link(tmp_path, window=5)
+    waiting = []
+    drained = [True]
+
+    def when_drained(callback):
+        if drained[0]:
+            return True
+        waiting.append(callback)
+        return False
+
+    link.sender._when_drained = when_drained
+    link.sender.start(0)
+    assert [m.offset for m, _ in link.to_receiver] == [0, 1000, 2000, 3000, 4000]
+    link.to_receiver.clear()
+    drained[0] = False  # the connection is backed up
+    link.sender.on_ack(DataAck("t", 2000))  # room in the window, but not on the wire
+    assert not link.to_receiver and len(waiting) == 1
+    link.sender.on_ack(DataAck("t", 3000))  # no second wait while one is pending
+    assert not link.to_receiver and len(waiting) == 1
+    drained[0] = True
+    waiting.pop()()  # the connection drained: the window refills
+    assert [m.offset for m, _ in link.to_receiver] == [5000, 6000, 7000]
+
+
+def test_a_rewind_forgets_a_drain_wait_of_a_lost_connection(tmp_path):
+    link = Link(tmp_path, window=2)
+    backed_up = [False]
+    link.sender._when_drained = lambda callback: not backed_up[0]
+    link.sender.start(0)
+    backed_up[0] = True
+    link.to_receiver.clear()
+    link.sender.on_ack(DataAck("t", 2000))  # waits; the callback is never called
+    assert not link.to_receiver
+    backed_up[0] = False  # reconnected: the receiver says where to resume
+    link.sender.on_ack(DataAck("t", 2000, sync=True))
+    assert [m.offset for m, _ in link.to_receiver] == [2000, 3000]
+    link.pump()
+    assert _result(link.sender.done).size == 10_000
+    assert link.target.read_bytes() == link.source.read_bytes()
