@@ -31,7 +31,7 @@ from coilmq.util.frames import Frame as CoilFrame
 from vmcontroller.broker.credentials import Login
 from vmcontroller.broker.outbox import Outbox, OutboxClosed
 from vmcontroller.broker.protocol import PROTOCOLS
-from vmcontroller.stomp.codec import HEARTBEAT, Frame, FrameError, FrameParser
+from vmcontroller.stomp.codec import DIRECT_BODY_SIZE, HEARTBEAT, Frame, FrameError, FrameParser
 from vmcontroller.stomp.sockets import enlarge_buffers
 
 __all__ = ["BrokerRequestHandler", "CodecFrameBuffer"]
@@ -62,14 +62,19 @@ class CodecFrameBuffer:
     def __init__(self, parser: FrameParser) -> None:
         self.parser = parser
         self._ready: list[Frame] = []
+        #: The last frame parsed had a large (directly received) body.
+        self.last_was_large = False
 
     def append(self, data: bytes) -> None:
         """Parse ``data``; on FrameError, frames completed before it stay ready."""
         try:
-            self._ready.extend(self.parser.feed(data))
+            frames = self.parser.feed(data)
         except FrameError as error:
             self._ready.extend(error.frames)
             raise
+        if frames:
+            self.last_was_large = len(frames[-1].body) >= DIRECT_BODY_SIZE
+            self._ready.extend(frames)
 
     def body_sink(self) -> memoryview | None:
         """Where a large body being received may be read into (see the parser)."""
@@ -78,10 +83,13 @@ class CodecFrameBuffer:
     def body_received(self, count: int) -> None:
         """``count`` bytes were read into :meth:`body_sink`; like :meth:`append`."""
         try:
-            self._ready.extend(self.parser.body_received(count))
+            frames = self.parser.body_received(count)
         except FrameError as error:
             self._ready.extend(error.frames)
             raise
+        if frames:
+            self.last_was_large = len(frames[-1].body) >= DIRECT_BODY_SIZE
+            self._ready.extend(frames)
 
     def buffer_len(self) -> int:
         return self.parser.buffered
@@ -166,7 +174,7 @@ class BrokerRequestHandler(StompRequestHandler):
         # shrink a fresh 256 KiB object on every call, ~10 us each.
         buffer = bytearray(_RECV_SIZE)
         view = memoryview(buffer)
-        after_body = False  # the last read filled a large body
+        after_body = False  # the last read filled or ended a large body
         while not self.outbox.closing:
             wait = self._read_deadline()
             if wait is not None and not poller.poll(max(0.0, wait - clock()) * 1000):
@@ -186,7 +194,6 @@ class BrokerRequestHandler(StompRequestHandler):
                 target = sink
             else:
                 target = view[:_HEAD_RECV_SIZE] if after_body else view
-            after_body = sink is not None
             try:
                 size = sock.recv_into(target)
             except OSError:
@@ -201,6 +208,10 @@ class BrokerRequestHandler(StompRequestHandler):
                 yield from self._frames_from(b"", body_bytes=size)
             else:
                 yield from self._frames_from(view[:size])
+            # After a body, and after the read that brought its NUL (the next
+            # chunk's header may not have come yet), read a header block: a
+            # full read would carry the next body through the shared buffer.
+            after_body = sink is not None or self.buffer.last_was_large
 
     def _frames_from(self, data, body_bytes: int = 0) -> Iterator[CoilFrame]:
         """Frames completed by ``data`` (or by ``body_bytes`` read into the body sink).

@@ -226,3 +226,40 @@ def test_headers_1_0_cannot_carry_are_left_out_for_1_0_consumers(raw, credential
     assert message.body == b"body"
     assert message.headers["url"] == "http://x:1/"
     assert "multi" not in message.headers and "na:me" not in message.headers
+
+
+def test_a_body_after_a_lone_nul_is_received_in_place(raw, credentials, monkeypatch):
+    """The read after a large body's lone NUL takes a header block, not the next body.
+
+    A full read there carried the next chunk through the parser's shared
+    buffer (copied in, then out into the body); the broker's reading
+    thread spent as much on those copies as on the receive itself.
+    """
+    from vmcontroller.broker.handler import _HEAD_RECV_SIZE, CodecFrameBuffer
+
+    host_login, vm_login = credentials.host_login(), credentials.vm_login("a1")
+    agent = raw()
+    agent.connect(vm_login.login, vm_login.passcode)
+    agent.subscribe(destinations.to_guest("a1"), "chunks")
+    agent.sync()
+    host = raw()
+    host.connect(host_login.login, host_login.passcode)
+    host.sync()
+    fed: list[int] = []
+    real = CodecFrameBuffer.append
+    monkeypatch.setattr(
+        CodecFrameBuffer, "append", lambda self, data: fed.append(len(data)) or real(self, data)
+    )
+    bodies = [os.urandom(256 * 1024) for _ in range(3)]
+    frames = [
+        encode_frame(Frame("SEND", {"destination": destinations.to_guest("a1")}, body), "1.2")
+        for body in bodies
+    ]
+    for frame in frames:
+        host.send_bytes(frame[:-1])
+        time.sleep(0.2)  # the broker reads the body and waits for the NUL
+        host.send_bytes(frame[-1:])
+        time.sleep(0.2)  # ... which it reads alone
+    assert [agent.receive(timeout=10).body for _ in bodies] == bodies
+    # The first header may come in a full read; after that, header reads only.
+    assert sum(fed[1:]) <= len(fed) * _HEAD_RECV_SIZE, fed
