@@ -8,6 +8,8 @@ on a shared machine, so compare the ratios):
   three broker round trips and five store writes; target >= 500 jobs/s;
 * submit-to-start latency p50/p90: from the physicist's HTTP submit to the
   offer arriving at an idle pilot; target p50 <= 20 ms;
+* the manager's CPU per dispatched job (from /proc: steadier than jobs/s when
+  the machine is shared);
 * the baseline: the same pilots doing bare request/reply round trips through
   the same broker against an echo process (no manager, no store), so
   ``3 x jobs/s / round trips/s`` is the share of the broker's capacity the
@@ -232,6 +234,13 @@ def phase(text: str) -> None:
     print(f"[{time.perf_counter() - _T0:6.1f} s] {text}", file=sys.stderr, flush=True)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (Linux /proc): the manager's cost per
+    job, which swings far less than jobs/s on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -301,10 +310,13 @@ def run(args: argparse.Namespace, workdir: Path) -> Any:
         state = {"stop": False, "offers": [], "done": 0, "target": args.jobs,
                  "finished": defer.Deferred()}  # fmt: skip
         started = time.perf_counter()
+        cpu_before, own_before = cpu_seconds(manager.pid), cpu_seconds(os.getpid())
         for pilot in pilots:
             pilot.work(state)
         finished_at = yield state["finished"]
         throughput = args.jobs / (finished_at - started)
+        manager_cpu = cpu_seconds(manager.pid) - cpu_before
+        pilots_cpu = cpu_seconds(os.getpid()) - own_before
 
         phase("dispatched; measuring latency")
         # Latency: pilots are idle (parked at the manager); submit one job at a time.
@@ -328,6 +340,9 @@ def run(args: argparse.Namespace, workdir: Path) -> Any:
         print(f"dispatch: {args.jobs} empty jobs in {finished_at - started:.2f} s = "
               f"{throughput:,.0f} jobs/s (target >= 500); "
               f"3 round trips per job = {3 * throughput / baseline_rate:.2f}x the broker baseline")
+        print(f"manager CPU while dispatching: {manager_cpu * 1000 / args.jobs:.2f} ms per job "
+              f"({manager_cpu / (finished_at - started):.0%} of one core); simulated pilots "
+              f"{pilots_cpu * 1000 / args.jobs:.2f} ms ({pilots_cpu / (finished_at - started):.0%})")
         print(f"submissions over HTTP, one at a time: {submit_rate:,.0f}/s")
         p50, p90 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.9) * 1000
         print(f"submit-to-start latency: p50 {p50:.1f} ms, p90 {p90:.1f} ms "

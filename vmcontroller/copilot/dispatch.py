@@ -120,7 +120,10 @@ class Dispatcher:
     def _find_job(self, agent: str, caps: Capabilities) -> tuple[JobRecord, list[FileInfo]] | None:
         """(In the executor.)  An offer for ``agent`` with its inputs, or None."""
         job = self.manager.want_job(agent, caps)
-        return None if job is None else (job, self.manager.storage.inputs(job.id))
+        if job is None:
+            return None
+        # No input files unless the spec names some (submit insists): no listing.
+        return job, self.manager.storage.inputs(job.id) if job.spec.inputs else []
 
     def _on_want_job(self, agent: str, message: dict[str, Any]) -> None:
         try:

@@ -106,11 +106,18 @@ class JobManager:
     # --- compare-and-set helper ------------------------------------------------------
 
     def _update(
-        self, job_id: str, rule: Callable[[JobRecord], tuple[JobRecord, Event | None] | None]
+        self,
+        job_id: str,
+        rule: Callable[[JobRecord], tuple[JobRecord, Event | None] | None],
+        first: JobRecord | None = None,
     ) -> tuple[JobRecord, JobRecord] | None:
-        """Apply ``rule`` to the stored job until the write wins; (before, after) or None."""
+        """Apply ``rule`` to the stored job until the write wins; (before, after) or None.
+
+        ``first``: the job as the caller just read it, tried before reading
+        again (a stale copy only costs a lost compare-and-set and a re-read).
+        """
         for _ in range(_CAS_TRIES):
-            before = self.store.get(job_id)
+            before, first = first or self.store.get(job_id), None
             if before is None:
                 raise NotFound(f"no job {job_id}")
             outcome = rule(before)
@@ -220,9 +227,12 @@ class JobManager:
             self._owned(current, agent, lease_id)
             return lease.finish(current, lease_id, self.now(), result)
 
-        after = self._update(job_id, rule)[1]
-        log.info("job {job} attempt {n} on {agent}: {state}", job=job_id, n=after.attempts,
-                 agent=agent, state=after.state)
+        after = self._update(job_id, rule, first=job)[1]
+        # A success is in the job's history already; a line per job in the log
+        # would cost more than the rest of the attempt's bookkeeping at full rate.
+        (log.debug if after.state is JobState.DONE else log.info)(
+            "job {job} attempt {n} on {agent}: {state}", job=job_id, n=after.attempts,
+            agent=agent, state=after.state)
         if after.state is JobState.DONE:
             self.storage.commit(job_id, lease_id)
         else:

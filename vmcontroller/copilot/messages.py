@@ -66,11 +66,15 @@ class MessageError(ValueError):
     """A body that is not a valid Co-Pilot message."""
 
 
+#: One compact encoder for every message (``json.dumps`` with options builds a new one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(kind: str, **fields: Any) -> bytes:
     """The STOMP body of one message (fields are checked like on receipt)."""
     message = {"copilot": COPILOT_VERSION, "type": kind, **fields}
     _check(message)
-    return json.dumps(message, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(message).encode("utf-8")
 
 
 def decode(body: bytes) -> dict[str, Any]:

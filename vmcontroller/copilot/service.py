@@ -19,9 +19,20 @@ __all__ = ["PilotConfig", "ServiceConfig", "run_pilot", "serve"]
 
 
 def _log_to_stderr() -> None:
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    """Info and above to stderr; debug events (one per dispatched job) are dropped
+    before they are formatted."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.info)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 @dataclass(frozen=True)

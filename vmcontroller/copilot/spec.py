@@ -156,11 +156,14 @@ class JobSpec:
             raise SpecError(f"{source}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["argv"] = list(self.argv)
-        data["inputs"] = list(self.inputs)
-        data["outputs"] = list(self.outputs)
-        return data
+        """The job-file form.  Written out, not ``asdict``: every offer sends one,
+        and the generic deep copy cost more than the rest of building the offer."""
+        return {
+            "argv": list(self.argv), "shell": self.shell, "env": dict(self.env),
+            "inputs": list(self.inputs), "outputs": list(self.outputs), "cores": self.cores,
+            "memory_mb": self.memory_mb, "max_run_time": self.max_run_time,
+            "retries": self.retries,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
