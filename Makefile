@@ -13,7 +13,7 @@ demo: bootstrap
 
 test: bootstrap
 	@$(PY) -m ruff check .
-	@$(PY) -m pytest tests -q
+	@$(PY) -m pytest tests -q --durations=30
 
 unit: bootstrap
 	@$(PY) -m pytest tests/unit -q
