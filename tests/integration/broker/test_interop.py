@@ -6,18 +6,11 @@ import time
 
 import pytest
 
+from tests.polling import wait_until
 from vmcontroller import destinations
 
 VERSIONS = ["1.0", "1.1", "1.2"]
 BINARY = bytes(range(256)) + b"\x00\x00end"
-
-
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
 
 
 def ack_args(version, message):
@@ -38,7 +31,7 @@ def test_connect_send_subscribe_binary_body(version, stomppy, credentials):
         BINARY,
         headers={"url": "http://example.org:8080/x", "content-type": "application/octet-stream"},
     )
-    wait_for(lambda: agent_seen.messages)
+    wait_until(lambda: agent_seen.messages)
     message = agent_seen.messages[0]
     assert message.body == BINARY
     assert message.headers["url"] == "http://example.org:8080/x"
@@ -55,12 +48,12 @@ def test_client_ack_and_redelivery_after_disconnect(version, stomppy, credential
     agent, _ = stomppy(version, credentials.vm_login("a1"))
     agent.send(queue, b"first")
     agent.send(queue, b"second")
-    wait_for(lambda: len(host_seen.messages) == 2)
+    wait_until(lambda: len(host_seen.messages) == 2)
     host.ack(*ack_args(version, host_seen.messages[0]))
     host.disconnect()  # "second" was never acked: it must come back
     again, again_seen = stomppy(version, credentials.host_login())
     again.subscribe(queue, id="h2", ack="client")
-    wait_for(lambda: again_seen.messages)
+    wait_until(lambda: again_seen.messages)
     assert [m.body for m in again_seen.messages] == [b"second"]
     assert again_seen.messages[0].headers.get("redelivered") == "true"
     again.ack(*ack_args(version, again_seen.messages[0]))
@@ -73,9 +66,9 @@ def test_nack_redelivers(version, stomppy, credentials):
     agent.subscribe(queue, id="n", ack="client-individual")
     host, _ = stomppy(version, credentials.host_login())
     host.send(queue, b"try me")
-    wait_for(lambda: len(seen.messages) == 1)
+    wait_until(lambda: len(seen.messages) == 1)
     agent.nack(*ack_args(version, seen.messages[0]))
-    wait_for(lambda: len(seen.messages) == 2)
+    wait_until(lambda: len(seen.messages) == 2)
     assert seen.messages[1].body == b"try me"
     assert seen.messages[1].headers["redelivered"] == "true"
     agent.ack(*ack_args(version, seen.messages[1]))
@@ -86,7 +79,7 @@ def test_nack_redelivers(version, stomppy, credentials):
 @pytest.mark.parametrize("version", ["1.1", "1.2"])
 def test_heartbeats_both_ways(version, stomppy, credentials):
     conn, seen = stomppy(version, credentials.host_login(), heartbeats=(50, 50))
-    wait_for(lambda: seen.heartbeats >= 3, timeout=5)
+    wait_until(lambda: seen.heartbeats >= 3, timeout=5)
     time.sleep(0.3)  # stomp.py keeps beating: the broker must keep us connected
     assert conn.is_connected() and not seen.disconnected
 
@@ -97,7 +90,7 @@ def test_presence_topic_broadcast_to_host(stomppy, credentials):
     time.sleep(0.05)
     agent, _ = stomppy("1.2", credentials.vm_login("a1"))
     agent.send(destinations.PRESENCE, b'{"type": "hello"}', headers={"receipt": "x"})
-    wait_for(lambda: host_seen.messages)
+    wait_until(lambda: host_seen.messages)
     assert host_seen.messages[0].body == b'{"type": "hello"}'
 
 

@@ -16,15 +16,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.rabbitmq import each_broker, rabbit_session  # noqa: F401 (fixture)
+from tests.polling import wait_until as wait_for
 from vmcontroller.broker.credentials import generate_credentials, load_credentials
 from vmcontroller.copilot.client import CopilotClient
 from vmcontroller.copilot.store import open_store
@@ -49,18 +48,6 @@ def stop_process(process: subprocess.Popen, grace: float = 5.0) -> None:
         process.wait(5)
     except ProcessLookupError:
         pass
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy (integration tests only)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout} s")
-        time.sleep(0.1)
 
 
 def _drop_mariadb(name: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,12 +189,3 @@ class Daemons:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-
-
-def wait_until(predicate, timeout: float = 30, interval: float = 0.01) -> None:
-    """Poll ``predicate`` (a real process is working) until it is true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(interval)

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tests.integration.trickle_handler.support import build_workload, handled_count, wait_until
+from tests.integration.trickle_handler.support import build_workload, handled_count
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.mariadb
 

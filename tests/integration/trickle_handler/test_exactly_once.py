@@ -12,8 +12,8 @@ from tests.integration.trickle_handler.support import (
     build_workload,
     check_totals,
     handled_count,
-    wait_until,
 )
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.mariadb
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.integration.vmcontroller.conftest import wait_until
+from tests.polling import wait_until
 from vmcontroller.protocol import ErrorCode, RemoteError
 from vmcontroller.transfer import TransferError
 

@@ -20,9 +20,9 @@ from tests.integration.vmcontroller.conftest import (
     EmbeddedBroker,
     Harness,
     _stop_process,
-    wait_until,
 )
 from tests.integration.vmcontroller.test_agent_host import _make_file, _sha256
+from tests.polling import wait_until
 
 SIZE = 96 * 1024 * 1024
 CUT_AFTER = 24 * 1024 * 1024

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tests.polling import wait_until
 from tests.unit.wrapper.fakes import FakeRuntime
 from tests.unit.wrapper.test_driver_options import running_reactor  # noqa: F401
 from vmwrapper.appliance.builder import find_built
@@ -47,14 +48,6 @@ def qemus_under(directory: pathlib.Path) -> list[int]:
             and any(marker in arg for arg in command_line(int(p.name)))]
 
 
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:g} s for {what}")
-        time.sleep(0.2)
-
-
 class OneRun:
     """One wrapper run in the slot, built in the reactor thread."""
 
@@ -77,17 +70,23 @@ class OneRun:
         return any(text in line for line in self.lines)
 
 
-def test_crash_after_checkpoint_restarts_from_it(tmp_path, running_reactor):  # noqa: F811
+def slot_with_job(tmp_path: pathlib.Path, job_xml: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """``(slot, image)``: a slot holding ``job_xml`` and the built appliance (skips if none)."""
     built = find_built()
     if built is None:
         pytest.skip("no appliance built yet (the QEMU integration tests build it)")
     slot = tmp_path / "slot"
     slot.mkdir()
-    (slot / "job.xml").write_text(JOB)
+    (slot / "job.xml").write_text(job_xml)
+    return slot, built.qcow2
+
+
+def test_crash_after_checkpoint_restarts_from_it(tmp_path, running_reactor):  # noqa: F811
+    slot, image = slot_with_job(tmp_path, JOB)
     reactor = running_reactor.reactor
     first = second = None
     try:
-        first = running_reactor.call(OneRun, reactor, slot, built.qcow2)
+        first = running_reactor.call(OneRun, reactor, slot, image)
         wait_until(lambda: first.wrapper.phase == "running tasks", 240, "the task to start")
         time.sleep(3)
         first.runtime.checkpoint_due = True
@@ -101,7 +100,7 @@ def test_crash_after_checkpoint_restarts_from_it(tmp_path, running_reactor):  # 
         assert "restarting from the last checkpoint" in outcome.message
         assert qemus_under(slot) == []
 
-        second = running_reactor.call(OneRun, reactor, slot, built.qcow2)
+        second = running_reactor.call(OneRun, reactor, slot, image)
         wait_until(lambda: second.said("continued from the checkpoint"), 240,
                    "the second run to restore the checkpoint")
         assert second.wrapper.state.crash_restarts == 1

@@ -10,9 +10,13 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from tests.integration.wrapper.test_crash_restart_qemu import OneRun, qemus_under, wait_until
+from tests.integration.wrapper.test_crash_restart_qemu import (
+    OneRun,
+    qemus_under,
+    slot_with_job,
+    wait_until,
+)
 from tests.unit.wrapper.test_driver_options import running_reactor  # noqa: F401
-from vmwrapper.appliance.builder import find_built
 
 pytestmark = pytest.mark.qemu
 
@@ -35,15 +39,10 @@ JOB = f"""<vm_job>
 
 
 def test_trigger_and_heartbeat_files_in_a_real_guest(tmp_path, running_reactor):  # noqa: F811
-    built = find_built()
-    if built is None:
-        pytest.skip("no appliance built yet (the QEMU integration tests build it)")
-    slot = tmp_path / "slot"
-    slot.mkdir()
-    (slot / "job.xml").write_text(JOB)
+    slot, image = slot_with_job(tmp_path, JOB)
     run = None
     try:
-        run = running_reactor.call(OneRun, running_reactor.reactor, slot, built.qcow2)
+        run = running_reactor.call(OneRun, running_reactor.reactor, slot, image)
         wait_until(lambda: run.done.called, 300, "the job to end")
         outcome = run.done.result
         assert (outcome.status, outcome.message, outcome.notice) == (0, "the guest is done", True)

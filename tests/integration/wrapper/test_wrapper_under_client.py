@@ -8,6 +8,7 @@ the client, then aborted. The failure cases run side by side.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -16,11 +17,15 @@ import time
 import pytest
 
 from tests.integration.wrapper.conftest import kill_qemus_under, processes_in
+from tests.polling import wait_until as poll_until
 from vmwrapper.boinc.exitcodes import ExitStatus
 from vmwrapper.hypervisor import procinfo
 from vmwrapper.testing.scheduler_protocol import RESULT_STATE_FILES_UPLOADED
 
 pytestmark = [pytest.mark.boinc_client, pytest.mark.qemu]
+
+#: Polls every 0.2 s: many of these predicates ask the client through boinccmd.
+wait_until = functools.partial(poll_until, interval=0.2)
 
 #: A guest task that works TICKS seconds, one line per second, with a progress file;
 #: its tick counter lives in the guest's memory only.
@@ -67,17 +72,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:g} s for {what}")
-        time.sleep(interval)
 
 
 def wait_reported(job, timeout: float):

@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.polling import wait_until
 from vmwrapper.testing.processes import is_running, wait_until_gone
 
 # The child: says SIGTERM in its file when it gets one, then exits.
@@ -37,13 +37,6 @@ PARENT = textwrap.dedent("""
 """)
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s"
-        time.sleep(0.05)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_the_child_gets_sigterm_when_its_parent_is_sigkilled(tmp_path):
     flag = tmp_path / "child.flag"
@@ -52,7 +45,7 @@ def test_the_child_gets_sigterm_when_its_parent_is_sigkilled(tmp_path):
     child = None
     try:
         child = int(parent.stdout.readline())
-        _wait_for(lambda: flag.exists() and flag.read_text() == "ready", 30, "ready child")
+        wait_until(lambda: flag.exists() and flag.read_text() == "ready", 30, "ready child")
         parent.kill()  # SIGKILL: no handler, no finalizer, as when pytest is killed
         parent.wait(10)
         assert wait_until_gone([child], timeout=30) == [], "the child outlived its parent"
