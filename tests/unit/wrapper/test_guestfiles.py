@@ -55,6 +55,17 @@ def run_with_small_commands(slot, job_xml: str, seconds: float = 200, **kw):
     return run
 
 
+def guest_writes(slot, extra: str, files: dict[str, bytes], seconds: float = 200):
+    """``(run, done)`` of a run of ``job(extra)`` whose guest writes ``files`` once its task
+    runs (15 s in), advanced until the watcher's next look (12 s later) has seen them."""
+    run = run_with_small_commands(slot, job(extra), seconds=seconds)
+    done = run.start()
+    run.advance(15)
+    run.driver.guest.files.update(files)
+    run.advance(12)
+    return run, done
+
+
 def test_parse_trigger_reads_value_notice_and_message():
     request = parse_trigger("208\n1\nno events\nat all\n", "t")
     assert (request.value, request.notice, request.message) == (208.0, True, "no events\nat all")
@@ -65,13 +76,9 @@ def test_parse_trigger_reads_value_notice_and_message():
 
 
 def test_completion_trigger_with_status_0_copies_outputs_and_succeeds(slot):
-    run = run_with_small_commands(slot, job(
-        "  <completion_trigger_file>finished</completion_trigger_file>"))
-    done = run.start()
-    run.advance(15)
-    run.driver.guest.files["output.txt"] = b"early result\n"
-    run.driver.guest.files["finished"] = b"0\n0\nthe guest is done\n"
-    run.advance(12)
+    run, done = guest_writes(slot, "  <completion_trigger_file>finished</completion_trigger_file>",
+                             {"output.txt": b"early result\n",
+                              "finished": b"0\n0\nthe guest is done\n"})
     assert done.called and done.result.status == 0
     assert run.runtime.finished == (0, "the guest is done")
     assert slot.output.read_bytes() == b"early result\n"
@@ -79,24 +86,17 @@ def test_completion_trigger_with_status_0_copies_outputs_and_succeeds(slot):
 
 
 def test_completion_trigger_with_an_error_status_finishes_with_it_as_a_notice(slot):
-    run = run_with_small_commands(slot, job(
-        "  <completion_trigger_file>finished</completion_trigger_file>"))
-    done = run.start()
-    run.advance(15)
-    run.driver.guest.files["finished"] = b"208\n1\nsub-task failed\n"
-    run.advance(12)
+    run, done = guest_writes(slot, "  <completion_trigger_file>finished</completion_trigger_file>",
+                             {"finished": b"208\n1\nsub-task failed\n"})
     assert run.runtime.finished == (208, "sub-task failed")
     assert done.result.notice is True
     assert_nothing_left(run)
 
 
 def test_temporary_exit_trigger_deletes_it_checkpoints_and_exits_for_the_delay(slot):
-    run = run_with_small_commands(slot, job(
-        "  <temporary_exit_trigger_file>later</temporary_exit_trigger_file>"))
-    done = run.start()
-    run.advance(15)
-    run.driver.guest.files["later"] = b"1200\n0\nwaiting for conditions\n"
-    run.advance(12)
+    run, done = guest_writes(slot,
+                             "  <temporary_exit_trigger_file>later</temporary_exit_trigger_file>",
+                             {"later": b"1200\n0\nwaiting for conditions\n"})
     assert done.result.ending is Ending.TEMPORARY
     assert run.runtime.temporary == (1200.0, "waiting for conditions")
     assert run.removed == ["later"]
@@ -106,13 +106,10 @@ def test_temporary_exit_trigger_deletes_it_checkpoints_and_exits_for_the_delay(s
 
 
 def test_trickle_trigger_file_is_sent_with_its_name_as_variety_then_deleted(slot):
-    run = run_with_small_commands(slot, job(
-        "  <trickle_trigger_file>trickle_a</trickle_trigger_file>\n"
-        "  <trickle_trigger_file>trickle_b</trickle_trigger_file>"), seconds=60)
-    done = run.start()
-    run.advance(15)
-    run.driver.guest.files["trickle_b"] = b"<events>12</events>\n"
-    run.advance(12)
+    run, done = guest_writes(slot,
+                             "  <trickle_trigger_file>trickle_a</trickle_trigger_file>\n"
+                             "  <trickle_trigger_file>trickle_b</trickle_trigger_file>",
+                             {"trickle_b": b"<events>12</events>\n"}, seconds=60)
     assert run.runtime.trickles == [("trickle_b", "<events>12</events>\n")]
     assert "trickle_b" not in run.driver.guest.files
     run.advance(60)
